@@ -1,0 +1,108 @@
+"""bench: how fast the labs run, measured, next to bare sockets doing the same work.
+
+For close-basics, each mode runs N trials through lablib (three event-loop threads, traced
+calls, per-trial kernel counters) and N trials of the same syscalls on bare blocking sockets in
+one thread: connect, accept, send, recv, close as the mode says, the client's TCP_INFO, the
+server's state by sock_diag, and the four counter reads. The ratio is the price of lablib's
+machinery, not of the kernel work. Memory is the tracemalloc peak of a run divided by its
+trials (the trace keeps every event of every trial).
+
+Not covered: the later labs' scenarios (each adds its figure here when it lands).
+"""
+
+from __future__ import annotations
+
+import gc
+import select
+import socket
+import struct
+import time
+import tracemalloc
+from typing import Any
+
+from . import kernel
+from .runner import run
+from .scenarios.close_basics import MODES
+from .tcpinfo import TCP_INFO_BUFFER
+
+__all__ = ["bare_trial", "bench_close_basics", "format_bench"]
+
+REQUEST = b"q" * 1000
+REPLY = b"r" * 100
+
+
+def bare_trial(listener: socket.socket, mode: str) -> str:
+    """One close-basics trial on blocking sockets, no tracing; returns what the client saw."""
+    before = kernel.read_counters()
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        client.sendall(REQUEST)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, len(REQUEST))
+        select.select([server], [], [], 5)
+        if mode in ("drained", "linger0"):
+            server.recv(len(REQUEST))
+        server.sendall(REPLY)
+        if mode == "linger0":
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if mode == "shutdown":
+            server.shutdown(socket.SHUT_WR)
+        else:
+            server.close()
+        seen = "eof"
+        try:
+            while client.recv(65536):
+                pass
+        except ConnectionResetError:
+            seen = "econnreset"
+        client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BUFFER)
+        kernel.socket_state(listener.getsockname(), client.getsockname())
+    finally:
+        client.close()
+        if mode == "shutdown":
+            while server.recv(65536):
+                pass
+        server.close()
+    kernel.delta(before, kernel.read_counters())
+    return seen
+
+
+def _bare_rate(mode: str, trials: int) -> float:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        started = time.perf_counter()
+        for _ in range(trials):
+            bare_trial(listener, mode)
+        return trials / (time.perf_counter() - started)
+
+
+def bench_close_basics(trials: int = 1000) -> dict[str, Any]:
+    rows = []
+    for mode in MODES:
+        result = run("close-basics", trials, {"close.mode": mode})
+        lab_rate = trials / result.elapsed_s
+        bare = _bare_rate(mode, trials)
+        rows.append({"mode": mode, "lablib_trials_per_s": round(lab_rate), "bare_trials_per_s": round(bare),
+                     "bare_over_lablib": round(bare / lab_rate, 1), "outcomes": result.outcomes})
+    gc.collect()
+    tracemalloc.start()
+    result = run("close-basics", trials, {"close.mode": "unread"})
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    memory = {"trials": trials, "events_per_trial": round(len(result.trace) / trials, 1),
+              "peak_bytes": peak, "bytes_per_trial": round(peak / trials)}
+    return {"scenario": "close-basics", "trials_per_mode": trials, "modes": rows, "memory": memory}
+
+
+def format_bench(report: dict[str, Any]) -> str:
+    lines = [f"close-basics: {report['trials_per_mode']} sequential trials per mode "
+             f"(lablib: client, server on own event loops, every call traced; bare: same syscalls, one thread)",
+             f"  {'mode':<9} {'lablib/s':>9} {'bare/s':>9} {'bare÷lablib':>12}"]
+    for r in report["modes"]:
+        lines.append(f"  {r['mode']:<9} {r['lablib_trials_per_s']:>9} {r['bare_trials_per_s']:>9} "
+                     f"{r['bare_over_lablib']:>11}x")
+    m = report["memory"]
+    lines.append(f"  memory: {m['events_per_trial']} events per trial; tracemalloc peak {m['peak_bytes'] / 1024**2:.1f} MiB "
+                 f"over {m['trials']} trials = {m['bytes_per_trial'] / 1024:.1f} KiB per trial")
+    return "\n".join(lines)

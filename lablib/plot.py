@@ -1,0 +1,217 @@
+"""Pictures: the ladder timeline of one connection, and outcome bars over many.
+
+Figures are :class:`LabFigure`, a ``matplotlib.figure.Figure`` made without pyplot that
+renders itself as PNG in a notebook: each shows exactly once, whether or not pyplot's inline
+backend is active, and no global figure state leaks between cells. Save one with ``savefig``.
+
+Not covered: interactive zoom (use ``scale="time"`` and ``ax.set_ylim`` for a close look).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Iterable, Mapping, Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .ladder import Mark, Segment, infer_segments, lane_order, marks, merge_data
+from .trace import Event
+
+__all__ = ["ladder", "outcome_bars", "OUTCOME_COLORS", "LabFigure"]
+
+
+class LabFigure(Figure):
+    """A Figure that a notebook displays as a PNG image."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+SEGMENT_STYLE = {
+    "handshake": dict(color="#9e9e9e", lw=1.0),
+    "data": dict(color="#37474f", lw=1.2),
+    "FIN": dict(color="#1565c0", lw=1.8),
+    "RST": dict(color="#c62828", lw=2.0),
+}
+
+#: fixed colours so the same outcome looks the same in every chart of every lab
+OUTCOME_COLORS = {
+    "eof": "#2e7d32", "ok": "#2e7d32", "complete": "#2e7d32", "413": "#2e7d32", "retried-ok": "#9ccc65",
+    "econnreset": "#c62828", "reset": "#c62828", "503": "#ad1457", "stale": "#ef6c00",
+    "epipe": "#ef6c00", "truncated": "#8d6e63", "timeout": "#757575", "error": "#000000",
+}
+_FALLBACK = ["#5e35b1", "#00838f", "#f9a825", "#6d4c41", "#3949ab", "#00897b"]
+
+
+def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None = None,
+           observed: Iterable[Segment] = (), ax: object = None) -> Figure:
+    """Draw one trial as a ladder: a lane per actor, time downwards, arrows for segments.
+
+    ``scale="order"`` gives every distinct instant a row (readable when things happen
+    microseconds apart, like Wireshark's flow graph; the left column keeps the real times);
+    ``scale="time"`` spaces rows by real time (to see delays). Inferred segments are dashed,
+    ``observed`` (captured) ones solid.
+    """
+    if scale not in ("order", "time"):
+        raise ValueError(f"scale={scale!r}: choose order or time")
+    events = [e for e in events if e.op != "listen"]
+    if not events:
+        raise ValueError("no events to draw: was the trial run, and is the trial number right?")
+    lanes = lane_order(events)
+    x = {actor: i for i, actor in enumerate(lanes)}
+    segments = merge_data(infer_segments(events)) + list(observed)
+    segments = [s for s in segments if s.src in x and s.dst in x]
+    labels = [m for m in marks(events) if m.actor in x]
+    t0 = min(e.t_ns for e in events)
+    instants = sorted({m.t_ns for m in labels} | {s.t_sent_ns for s in segments}
+                      | {s.t_seen_ns for s in segments if s.t_seen_ns is not None})
+    if scale == "order":
+        row, gaps = _rows(instants)
+
+        def y(t: int) -> float:
+            return row[t]
+        height = max(3.0, 0.34 * (max(row.values()) + 1) + 1.6)
+    else:
+        def y(t: int) -> float:
+            return (t - t0) / 1e6
+        height = 6.0
+    width = 2.6 * max(len(lanes), 2) + 2.5
+    if ax is None:
+        fig = LabFigure(figsize=(width, height))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure  # type: ignore[attr-defined]
+
+    for actor, xi in x.items():
+        ax.axvline(xi, color="#cfd8dc", lw=6, zorder=0)
+        ax.text(xi, -0.02, actor, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=11, fontweight="bold")
+    for s in segments:
+        _arrow(ax, x[s.src], y(s.t_sent_ns), x[s.dst], y(s.t_seen_ns if s.t_seen_ns is not None else s.t_sent_ns), s)
+    for m in labels:
+        _mark(ax, x[m.actor], y(m.t_ns), m, right=x[m.actor] > 0 or len(lanes) == 1)
+
+    ax.set_xlim(-1.5, len(lanes) + 0.7)
+    ax.set_xticks([])
+    if scale == "order":
+        ax.set_ylim(max(row.values()) + 0.7, -0.8)
+        ax.set_yticks([row[t] for t in instants])
+        ax.set_yticklabels([f"{(t - t0) / 1e6:.3f}" for t in instants], fontsize=7)
+        for at, gap_ms in gaps:
+            ax.text(-1.45, at, f"{gap_ms:.1f} ms pass", fontsize=7, color="#78909c", va="center", style="italic")
+        ax.set_ylabel("ms since the first call (a row per instant)")
+    else:
+        ax.invert_yaxis()
+        ax.set_ylabel("ms since the first call")
+    for side in ("top", "right", "bottom"):
+        ax.spines[side].set_visible(False)
+    ax.legend(handles=_legend(bool(list(observed))), loc="upper center", bbox_to_anchor=(0.5, -0.01),
+              ncol=6, fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, pad=22)
+    fig.tight_layout()
+    return fig
+
+
+#: where along an arrow (from its left end) its label sits
+LABEL_AT = 0.7
+#: in "order" scale, a pause longer than this between two instants opens a visible gap
+GAP_NS = 1_000_000
+
+
+def _rows(instants: list[int]) -> tuple[dict[int, float], list[tuple[float, float]]]:
+    """Row of each instant: one apart, 1.8 apart across a pause (listed with its length)."""
+    rows: dict[int, float] = {}
+    gaps: list[tuple[float, float]] = []
+    y = 0.0
+    for i, t in enumerate(instants):
+        if i:
+            pause = t - instants[i - 1]
+            step = 1.8 if pause > GAP_NS else 1.0
+            if pause > GAP_NS:
+                gaps.append((y + step / 2, pause / 1e6))
+            y += step
+        rows[t] = y
+    return rows, gaps
+
+
+def _arrow(ax: object, x0: float, y0: float, x1: float, y1: float, s: Segment) -> None:
+    style = SEGMENT_STYLE[s.kind]
+    ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=3,  # type: ignore[attr-defined]
+                arrowprops=dict(arrowstyle="-|>", color=style["color"], lw=style["lw"],
+                                linestyle="--" if s.inferred else "-", shrinkA=2, shrinkB=2))
+    text = s.label + (" (inferred)" if s.inferred and s.kind in ("FIN", "RST") else "")
+    # labels sit right of the middle: call labels of a middle lane are written to its right
+    f = LABEL_AT if x1 >= x0 else 1 - LABEL_AT
+    ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0), text, ha="center", va="bottom", fontsize=7.5,  # type: ignore[attr-defined]
+            color=style["color"], zorder=4, bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+
+
+def _mark(ax: object, x: float, y: float, m: Mark, right: bool) -> None:
+    color = "#c62828" if m.error else ("#78909c" if m.minor else "#263238")
+    ax.plot([x], [y], marker="o" if not m.minor else ".", ms=5, color=color, zorder=5)  # type: ignore[attr-defined]
+    ax.text(x + (0.06 if right else -0.06), y, m.text, ha="left" if right else "right", va="center",  # type: ignore[attr-defined]
+            fontsize=7 if m.minor else 8, color=color, style="italic" if m.minor else "normal", zorder=6,
+            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.75))
+
+
+def _legend(observed: bool) -> list[Line2D]:
+    handles = [Line2D([], [], color=v["color"], lw=v["lw"], label=k) for k, v in SEGMENT_STYLE.items()]
+    handles.append(Line2D([], [], color="#555", lw=1, linestyle="--", label="inferred from calls"))
+    if observed:
+        handles.append(Line2D([], [], color="#555", lw=1, label="captured"))
+    return handles
+
+
+def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, title: str | None = None,
+                 ax: object = None) -> Figure:
+    """One stacked bar per run: the share of each outcome, with counts written in.
+
+    ``results`` is a Result, a list of them (labelled by their changed knobs) or a dict
+    {label: Result}.
+    """
+    from .result import Result
+
+    if isinstance(results, Result):
+        results = [results]
+    if not isinstance(results, Mapping):
+        results = {", ".join(f"{k}={v}" for k, v in r.config.formatted().items() if k in r.config.changed())  # type: ignore[attr-defined]
+                   or "defaults": r for r in results}  # type: ignore[union-attr]
+    runs: dict[str, Result] = dict(results)  # type: ignore[arg-type]
+    names: list[str] = []
+    for r in runs.values():
+        for name, count in r.outcomes.items():
+            if count and name not in names:
+                names.append(name)
+    if ax is None:
+        fig = LabFigure(figsize=(max(5.0, 1.4 * len(runs) + 2.5), 3.8))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure  # type: ignore[attr-defined]
+    labels = list(runs)
+    bottoms = [0.0] * len(labels)
+    spare = iter(_FALLBACK)
+    for name in names:
+        color = OUTCOME_COLORS.get(name) or next(spare, "#999999")
+        shares = [runs[lbl].rate(name) for lbl in labels]
+        bars = ax.bar(labels, shares, bottom=bottoms, color=color, label=name, edgecolor="white")  # type: ignore[attr-defined]
+        for bar, lbl, share, base in zip(bars, labels, shares, bottoms):
+            if share >= 0.06:
+                ax.text(bar.get_x() + bar.get_width() / 2, base + share / 2, str(runs[lbl].count(name)),  # type: ignore[attr-defined]
+                        ha="center", va="center", color="white", fontsize=9, fontweight="bold")
+        bottoms = [b + s for b, s in zip(bottoms, shares)]
+    ax.set_ylim(0, 1)  # type: ignore[attr-defined]
+    ax.set_ylabel("share of trials")  # type: ignore[attr-defined]
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")  # type: ignore[attr-defined]
+    ax.legend(title="outcome", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=9)  # type: ignore[attr-defined]
+    ax.tick_params(axis="x", labelsize=9)  # type: ignore[attr-defined]
+    if len(labels) > 3:
+        for tick in ax.get_xticklabels():  # type: ignore[attr-defined]
+            tick.set_rotation(20)
+            tick.set_ha("right")
+    n = {r.n for r in runs.values()}
+    ax.set_title(title or (f"outcomes over {n.pop()} trials each" if len(n) == 1 else "outcomes"))  # type: ignore[attr-defined]
+    fig.tight_layout()
+    return fig

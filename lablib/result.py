@@ -1,0 +1,136 @@
+"""Result: what one run measured: a row per trial, kernel counter deltas, the event trace.
+
+A trial's ``outcome`` is a short name for what the client saw (``eof``, ``econnreset``,
+``413``...), ``timeout`` when the trial passed its deadline, or ``error`` when the lab itself
+failed (the row's ``error`` column says how; the run's summary says so too).
+
+Not covered: comparing results of different scenarios (put them side by side with
+:func:`lablib.plot.outcome_bars`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from .kernel import COUNTER_HELP
+from .knobs import Config
+from .trace import Trace
+
+__all__ = ["Result"]
+
+SPECIAL_OUTCOMES = ("timeout", "error")
+
+
+@dataclass
+class Result:
+    scenario: str
+    config: Config
+    trials: pd.DataFrame
+    kernel: dict[str, int]
+    elapsed_s: float
+    trace: Trace = field(repr=False)
+    outcome_names: tuple[str, ...] = ()
+    deadline_s: float = 0.0
+    parallel: int = 1
+    cancelled: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.trials)
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """Count of every outcome: the scenario's own names first (zeros included), then any
+        ``timeout`` or ``error``."""
+        counts = self.trials["outcome"].value_counts().to_dict() if self.n else {}
+        ordered = {name: int(counts.get(name, 0)) for name in self.outcome_names}
+        for name in sorted(counts):
+            if name not in ordered:
+                ordered[name] = int(counts[name])
+        return ordered
+
+    def count(self, outcome: str) -> int:
+        return self.outcomes.get(outcome, 0)
+
+    def rate(self, outcome: str) -> float:
+        return self.count(outcome) / self.n if self.n else 0.0
+
+    @property
+    def errors(self) -> list[str]:
+        if "error" not in self.trials:
+            return []
+        return [e for e in self.trials["error"].dropna().tolist() if e]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form: scenario, config, trials, outcomes, rates, kernel, elapsed_s, ..."""
+        return {
+            "scenario": self.scenario,
+            "config": {k: _plain(v) for k, v in self.config.items()},
+            "trials": self.n,
+            "outcomes": self.outcomes,
+            "rates": {k: round(v / self.n, 4) if self.n else 0.0 for k, v in self.outcomes.items()},
+            "kernel": dict(self.kernel),
+            "elapsed_s": round(self.elapsed_s, 4),
+            "trials_per_s": round(self.n / self.elapsed_s, 1) if self.elapsed_s > 0 else None,
+            "deadline_s": self.deadline_s,
+            "parallel": self.parallel,
+            "cancelled": self.cancelled,
+            "errors": self.errors[:5],
+        }
+
+    def to_json(self, **kw: Any) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def summary(self) -> str:
+        """A few lines of text: settings, outcome counts and rates, kernel deltas, time."""
+        changed = self.config.changed()
+        settings = ", ".join(f"{k}={_fmt(self.config, k)}" for k in changed) or "defaults"
+        lines = [f"{self.scenario}: {self.n} trials ({settings})"]
+        width = max((len(k) for k in self.outcomes), default=7)
+        for name, count in self.outcomes.items():
+            lines.append(f"  {name:<{width}}  {count:>6}  {count / self.n:6.1%}" if self.n else f"  {name}")
+        kernel = ", ".join(f"{k} {v:+d}" for k, v in self.kernel.items())
+        lines.append(f"  kernel: {kernel}")
+        lines.append(f"  elapsed: {self.elapsed_s:.2f} s" + (" (cancelled)" if self.cancelled else ""))
+        for error in self.errors[:3]:
+            lines.append(f"  error: {error}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        outcome_rows = "".join(
+            f"<tr><td>{k}</td><td style='text-align:right'>{v}</td><td style='text-align:right'>{v / self.n:.1%}</td></tr>"
+            for k, v in self.outcomes.items()) if self.n else ""
+        kernel_rows = "".join(
+            f"<tr><td title='{COUNTER_HELP.get(k, '')}'>{k}</td><td style='text-align:right'>{v:+d}</td></tr>"
+            for k, v in self.kernel.items())
+        changed = ", ".join(f"{k}={_fmt(self.config, k)}" for k in self.config.changed()) or "defaults"
+        return (f"<div><b>{self.scenario}</b>: {self.n} trials, {changed}, {self.elapsed_s:.2f} s"
+                f"<table><tr><th>outcome</th><th>trials</th><th>rate</th></tr>{outcome_rows}</table>"
+                f"<table><tr><th>kernel counter</th><th>change</th></tr>{kernel_rows}</table></div>")
+
+    def events(self, trial: int | None = None) -> pd.DataFrame:
+        """The traced socket calls, of one trial (times from its first event) or of all."""
+        return self.trace.frame(trial)
+
+    def ladder(self, trial: int | None = None, **kw: Any) -> Any:
+        """The ladder timeline of one trial (the first by default); see :func:`lablib.plot.ladder`."""
+        from .plot import ladder
+
+        if trial is None:
+            trial = int(self.trials["trial"].iloc[0])
+        return ladder(self.trace.events(trial), title=f"{self.scenario}, trial {trial}", **kw)
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+
+
+def _fmt(config: Config, name: str) -> str:
+    return config.formatted()[name]

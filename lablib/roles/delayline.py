@@ -1,0 +1,192 @@
+"""DelayLine: a user-space relay that adds a one-way delay to a hop, FIN and RST included.
+
+For each connection it accepts, the delay line connects to its upstream and relays both
+directions. Whatever it reads from one side reaches the other ``delay`` seconds later, in
+order: data as data, an EOF (the peer's FIN) as ``shutdown(SHUT_WR)`` (a half-close, so the
+other direction goes on), a reset (ECONNRESET, or a write that fails because the far side
+reset) as an abortive close (SO_LINGER 0), which makes the kernel send RST. This is how the
+labs widen race windows of microseconds on loopback to the milliseconds of a real network,
+without root (tc/netem needs CAP_NET_ADMIN).
+
+Buffers are bounded: a direction holds at most ``buffer_bytes`` in flight and stops reading
+when full, so TCP flow control pushes back on the sender as a real path would. A relay that
+read everything first would hide resets (toxiproxy#72); this one keeps them.
+
+Times are kept by the event loop, so each delay is accurate to about a millisecond (epoll
+waits in whole milliseconds). Not covered: loss, reordering, bandwidth limits, and a delay
+that differs between the two directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+from ..loops import Completions
+from ..sockets import TracedSocket, errno_name
+from ..trace import Trace
+from .base import ListeningRole
+
+__all__ = ["DelayLine"]
+
+CHUNK = 65536
+
+
+@dataclass
+class _Direction:
+    """One way through the relay: read ``src``, write ``dst`` ``delay`` seconds later."""
+
+    src: TracedSocket
+    dst: TracedSocket
+    delay: float
+    limit: int
+    owner: "DelayLine"
+    items: collections.deque[tuple[float, str, bytes]] = field(default_factory=collections.deque)
+    queued: int = 0
+    has_items: asyncio.Event = field(default_factory=asyncio.Event)
+    has_room: asyncio.Event = field(default_factory=asyncio.Event)
+    end: str = ""  # what the reader relayed last: "fin" or "rst" once it is done
+    dst_reset: bool = False  # a write to dst failed: dst's peer reset the connection
+
+    def put(self, kind: str, data: bytes = b"") -> None:
+        self.items.append((time.monotonic() + self.delay, kind, data))
+        self.queued += len(data)
+        self.owner.peak_queued = max(self.owner.peak_queued, self.queued)
+        self.has_items.set()
+
+    async def take(self) -> tuple[float, str, bytes]:
+        while not self.items:
+            self.has_items.clear()
+            await self.has_items.wait()
+        item = self.items.popleft()
+        self.queued -= len(item[2])
+        self.has_room.set()
+        return item
+
+    async def room(self) -> int:
+        """Wait until the direction can hold more; return how many bytes it can take."""
+        while self.queued >= self.limit:
+            self.has_room.clear()
+            await self.has_room.wait()
+        return self.limit - self.queued
+
+
+class _Link:
+    """The two directions of one relayed connection and the four tasks that move them.
+
+    Each reader ends at EOF (relayed as FIN) or at an error (relayed as RST); each writer
+    ends after relaying FIN or RST, or when its write fails. Relaying a RST stops everything
+    that touches the socket being reset, so the link always finishes.
+    """
+
+    def __init__(self, down: TracedSocket, up: TracedSocket, owner: "DelayLine") -> None:
+        self.down, self.up = down, up
+        self.to_up = _Direction(down, up, owner.delay, owner.limit, owner)
+        self.to_down = _Direction(up, down, owner.delay, owner.limit, owner)
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def other(self, d: _Direction) -> _Direction:
+        return self.to_down if d is self.to_up else self.to_up
+
+    def name(self, d: _Direction) -> str:
+        return "up" if d is self.to_up else "down"
+
+    async def run(self) -> None:
+        for d in (self.to_up, self.to_down):
+            self.tasks[f"read-{self.name(d)}"] = asyncio.create_task(self.read(d))
+            self.tasks[f"write-{self.name(d)}"] = asyncio.create_task(self.write(d))
+        try:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        finally:
+            for task in self.tasks.values():
+                task.cancel()
+            for s in (self.down, self.up):
+                s.close()
+
+    async def read(self, d: _Direction) -> None:
+        while True:
+            room = await d.room()
+            try:
+                data = await d.src.recv(min(CHUNK, room))
+            except OSError:
+                d.end = "rst"
+            else:
+                if data:
+                    d.put("data", data)
+                    continue
+                # EOF after one of our writes to this socket failed: that was a reset whose
+                # error the write consumed (Linux reports it once), not a FIN.
+                d.end = "rst" if self.other(d).dst_reset else "fin"
+            d.put(d.end)
+            return
+
+    async def write(self, d: _Direction) -> None:
+        while True:
+            due, kind, data = await d.take()
+            pause = due - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            try:
+                if kind == "data":
+                    await d.dst.sendall(data)
+                    continue
+                if kind == "fin":
+                    d.dst.shutdown()
+                else:
+                    self.reset(d)
+                return
+            except OSError:
+                d.dst_reset = True
+                back = self.other(d)
+                if back.end == "fin":
+                    # the far side's FIN was relayed already; its reset follows one delay later
+                    await asyncio.sleep(d.delay)
+                    self.reset(back)
+                return  # otherwise the reader of d.dst sees the reset and relays it
+
+    def reset(self, d: _Direction) -> None:
+        """Relay a reset from d.src to d.dst: stop every task touching d.dst, then abort it."""
+        back = self.name(self.other(d))
+        for name in (f"read-{back}", f"write-{back}"):
+            task = self.tasks.get(name)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        d.dst.abort(detail=f"relaying RST after {d.delay * 1000:g} ms")
+
+
+class DelayLine(ListeningRole):
+    """Listens on 127.0.0.1 and relays every connection to ``upstream`` with a one-way delay."""
+
+    actor = "wire"
+
+    def __init__(self, trace: Trace, upstream: tuple[str, int], delay: float, buffer_bytes: int = 262144,
+                 actor: str = "wire") -> None:
+        if delay < 0:
+            raise ValueError(f"delay={delay!r}: must be 0 or more seconds")
+        if buffer_bytes < 1:
+            raise ValueError(f"buffer_bytes={buffer_bytes!r}: must be at least 1")
+        super().__init__(trace, actor)
+        self.upstream, self.delay, self.limit = upstream, delay, buffer_bytes
+        self.links = Completions()  # downstream connection name -> upstream connection name
+        self.peak_queued = 0  # the most bytes ever held in one direction
+
+    async def upstream_of(self, conn: str, timeout: float = 5.0) -> str:
+        """The upstream connection that relays downstream connection ``conn``."""
+        return await self.links.wait(conn, timeout)
+
+    async def serve(self, down: TracedSocket) -> None:
+        try:
+            up = await TracedSocket.connect(self.upstream, self.trace, self.actor)
+        except OSError as exc:
+            self.trace.record(self.actor, "note", conn=down.conn, result=errno_name(exc),
+                              detail="upstream connect failed")
+            down.abort()
+            return
+        except BaseException:
+            down.close()
+            raise
+        self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
+        self.links.publish(down.conn, up.conn)
+        await _Link(down, up, self).run()

@@ -1,0 +1,133 @@
+"""HttpServer: an HTTP/1.1 origin server whose connection endings are the knobs.
+
+It answers every request with ``200 ok``, keeps connections alive between requests, and ends
+them the way the settings say:
+
+* idle for ``server.keepalive_timeout`` between requests: ``close()`` (a FIN; nothing is
+  unread), the race of lab 02: the idle timer starts when the response has been written;
+* a request whose Content-Length exceeds ``server.max_request_bytes``: ``413`` with
+  Connection: close at once, without reading the body, then ``server.close_mode`` (see
+  :mod:`lablib.closing`), the race of lab 01;
+* the ``server.max_requests_per_connection``-th response carries Connection: close, and
+  the server closes after it.
+
+Not covered: pipelining beyond what h11 buffers, request bodies that are neither
+Content-Length nor chunked framed, TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h11
+
+from ..closing import CLOSE_MODES, end_connection
+from ..http import content_length, describe_request, response_bytes
+from ..knobs import Config, choice, integer, nbytes, seconds
+from ..sockets import TracedSocket, errno_name
+from ..trace import Trace
+from .base import ListeningRole
+
+__all__ = ["HttpServer", "SERVER_KNOBS"]
+
+SERVER_KNOBS = (
+    choice("server.close_mode", "close", CLOSE_MODES,
+           "How the server ends a connection after an early response, with the request body unread",
+           models="close(fd); SO_LINGER 0 (nginx reset_timedout_connection); Envoy FlushWriteAndDelay; "
+                  "nginx lingering_close, Go closeWriteAndWait",
+           real_default="nginx: lingering"),
+    seconds("server.close_timeout", 1.0, "delayed and lingering modes: how long to read and discard before close()",
+            high=60.0, models="Envoy delayed_close_timeout; nginx lingering_timeout; Go rstAvoidanceDelay",
+            real_default="1 s; 5 s; 0.5 s"),
+    seconds("server.keepalive_timeout", 5.0, "Close a keep-alive connection idle this long (0: no keep-alive)",
+            high=3600.0, models="nginx keepalive_timeout; Node server.keepAliveTimeout", real_default="75 s; 5 s"),
+    nbytes("server.max_request_bytes", 1024**2, "Answer 413 without reading the body above this request size",
+           models="Envoy buffer filter max_request_bytes; nginx client_max_body_size", real_default="nginx 1 MiB"),
+    integer("server.max_requests_per_connection", 0,
+            "Announce Connection: close on this response number and close after it (0: no limit)",
+            models="nginx keepalive_requests; Envoy max_requests_per_connection", real_default="1000; unlimited"),
+)
+
+BODY = b"ok\n"
+
+
+class HttpServer(ListeningRole):
+    """An HTTP/1.1 server on 127.0.0.1 (port 0 unless ``port`` is given) with ``SERVER_KNOBS``."""
+
+    def __init__(self, trace: Trace, config: Config, actor: str = "server", port: int = 0) -> None:
+        super().__init__(trace, actor, port)
+        self.config = config
+        self.requests = 0
+
+    def _note(self, s: TracedSocket, text: str) -> None:
+        self.trace.record(self.actor, "http", conn=s.conn, detail=text)
+
+    async def serve(self, s: TracedSocket) -> None:
+        cfg = self.config
+        conn = h11.Connection(h11.SERVER)
+        served = 0
+        try:
+            while True:
+                request = await self._next_event(s, conn, idle=True)
+                if not isinstance(request, h11.Request):
+                    return
+                self._note(s, describe_request(request))
+                length = content_length(request)
+                if length is not None and length > cfg["server.max_request_bytes"]:
+                    await self._refuse(s, conn)
+                    return
+                body = 0
+                while True:
+                    event = await self._next_event(s, conn, idle=False)
+                    if isinstance(event, h11.Data):
+                        body += len(event.data)
+                        if body > cfg["server.max_request_bytes"]:  # chunked, no Content-Length
+                            await self._refuse(s, conn)
+                            return
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                served += 1
+                self.requests += 1
+                limit = cfg["server.max_requests_per_connection"]
+                last = bool(limit and served >= limit) or cfg["server.keepalive_timeout"] == 0
+                await s.sendall(response_bytes(conn, 200, BODY, close=last))
+                self._note(s, "200 OK" + (", Connection: close" if last else ""))
+                if conn.our_state is h11.MUST_CLOSE:
+                    s.close()
+                    return
+                conn.start_next_cycle()
+        except (OSError, h11.ProtocolError) as exc:
+            self._note(s, f"gave up: {errno_name(exc) if isinstance(exc, OSError) else exc}")
+        finally:
+            if not s.closed:
+                s.close()
+
+    async def _refuse(self, s: TracedSocket, conn: h11.Connection) -> None:
+        cfg = self.config
+        await s.sendall(response_bytes(conn, 413, b"request body too large\n", close=True))
+        self._note(s, f"413 before reading the body; ending by {cfg['server.close_mode']}")
+        await end_connection(s, cfg["server.close_mode"], cfg["server.close_timeout"])
+
+    async def _next_event(self, s: TracedSocket, conn: h11.Connection, idle: bool) -> Any:
+        """The next h11 event; None when the client went away or the idle timeout closed it."""
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return None if isinstance(event, h11.ConnectionClosed) else event
+            if idle and not conn.trailing_data[0]:
+                timeout = self.config["server.keepalive_timeout"] or None
+                try:
+                    await asyncio.wait_for(s.wait_readable(), timeout)
+                except TimeoutError:
+                    self.trace.record(self.actor, "timer", conn=s.conn,
+                                      detail=f"keep-alive timeout ({self.config['server.keepalive_timeout']:g} s) expired")
+                    s.close()
+                    return None
+                idle = False
+            data = await s.recv()
+            conn.receive_data(data)
+            if not data and conn.their_state is h11.IDLE:
+                return None

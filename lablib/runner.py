@@ -1,0 +1,197 @@
+"""Run a scenario's trials: blocking from plain Python or a notebook cell, awaitable from a
+running loop (widgets), with a deadline per trial and teardown whatever happens.
+
+``run("close-basics", 20, {"close.mode": "unread"})`` returns a :class:`~lablib.result.Result`.
+Every trial runs under ``asyncio.wait_for(deadline)``; one that passes it becomes a
+``timeout`` outcome. When trials run one at a time, each row also carries the kernel counter
+deltas of its own trial. A KeyboardInterrupt (Jupyter's stop button) stops the run, tears the
+topology down and propagates; :func:`arun`'s task can be cancelled the same way.
+
+Not covered: running a scenario against a remote host (everything binds 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import queue
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from . import kernel
+from .knobs import Config, KnobError
+from .result import Result
+from .scenarios import get as get_scenario
+from .scenarios.base import Lab, Scenario
+from .topology import START_TIMEOUT, Topology
+from .trace import Trace, current_trial
+
+__all__ = ["run", "arun", "Progress", "MAX_TRIALS"]
+
+MAX_TRIALS = 100_000
+MAX_PARALLEL = 256
+#: seconds a run may take beyond its trials' deadlines before it is declared stuck
+SLACK = 15.0
+
+#: on_progress(done, total, row) after each trial, in the caller's thread
+Progress = Callable[[int, int, dict[str, Any]], None]
+
+_DONE = object()
+_CANCEL = object()
+
+
+class _Run:
+    def __init__(self, scenario: Scenario, config: Config, trials: int, deadline: float, parallel: int,
+                 on_progress: Progress | None) -> None:
+        self.scenario, self.config, self.trials = scenario, config, trials
+        self.deadline, self.parallel, self.on_progress = deadline, parallel, on_progress
+        self.inbox: queue.Queue[Any] = queue.Queue()
+
+    def cancel(self) -> None:
+        """Stop after the trials under way (thread-safe)."""
+        self.inbox.put(_CANCEL)
+
+    def execute(self) -> Result:
+        trace = Trace()
+        rows: list[dict[str, Any]] = []
+        cancelled = False
+        started = time.perf_counter()
+        with Topology(trace) as topo:
+            client = topo.loop("client")
+            lab = Lab(self.config, trace, topo, self.deadline)
+            client.call(self.scenario.setup(lab), START_TIMEOUT)
+            before = kernel.read_counters()
+            future = client.submit(self._all_trials(lab))
+            budget = math.ceil(self.trials / self.parallel) * (self.deadline + 1.0) + SLACK
+            stop_at = time.monotonic() + budget
+            try:
+                while True:
+                    item = self.inbox.get(timeout=max(0.0, stop_at - time.monotonic()))
+                    if item is _DONE:
+                        break
+                    if item is _CANCEL:
+                        cancelled = True
+                        break
+                    rows.append(item)
+                    if self.on_progress:
+                        self.on_progress(len(rows), self.trials, item)
+            except queue.Empty:
+                raise TimeoutError(f"{self.scenario.name}: run exceeded {budget:.0f} s; trials are stuck") from None
+            finally:
+                future.cancel()
+            after = kernel.read_counters()
+        elapsed = time.perf_counter() - started
+        frame = pd.DataFrame(rows).sort_values("trial", ignore_index=True) if rows else pd.DataFrame(
+            columns=["trial", "outcome"])
+        return Result(self.scenario.name, self.config, frame, kernel.delta(before, after), elapsed, trace,
+                      self.scenario.outcomes, self.deadline, self.parallel, cancelled)
+
+    async def _all_trials(self, lab: Lab) -> None:
+        if self.parallel == 1:
+            for index in range(self.trials):
+                await self._one(lab, index, counters=True)
+        else:
+            gate = asyncio.Semaphore(self.parallel)
+
+            async def gated(index: int) -> None:
+                async with gate:
+                    await self._one(lab, index, counters=False)
+
+            await asyncio.gather(*(gated(i) for i in range(self.trials)))
+        self.inbox.put(_DONE)
+
+    async def _one(self, lab: Lab, index: int, counters: bool) -> None:
+        token = current_trial.set(index)
+        before = kernel.read_counters() if counters else None
+        started = time.perf_counter()
+        row: dict[str, Any]
+        try:
+            row = dict(await asyncio.wait_for(self.scenario.trial(lab, index), self.deadline))
+        except TimeoutError:
+            row = {"outcome": "timeout"}
+        except Exception as exc:  # a bug in the lab, not a network outcome: keep it visible
+            row = {"outcome": "error", "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            current_trial.reset(token)
+        row = {"trial": index, "outcome": row.pop("outcome"),
+               "duration_ms": round((time.perf_counter() - started) * 1000, 3), **row}
+        if before is not None:
+            row.update(kernel.delta(before, kernel.read_counters()))
+        self.inbox.put(row)
+
+
+def _prepare(scenario: str | Scenario, trials: int | None, config: Mapping[str, Any] | Config | None,
+             deadline: float | None, parallel: int | None, on_progress: Progress | None) -> _Run:
+    sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
+    cfg = sc.configure(config)
+    n = sc.default_trials if trials is None else trials
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TRIALS:
+        raise KnobError(f"trials={n!r}: must be a whole number between 1 and {MAX_TRIALS}")
+    limit = sc.default_deadline if deadline is None else deadline
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= 600:
+        raise KnobError(f"deadline={limit!r}: must be a number of seconds above 0 and at most 600")
+    width = (MAX_PARALLEL if sc.parallel_ok else 1) if parallel is None else parallel
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise KnobError(f"parallel={width!r}: must be a whole number, 1 or more")
+    if width > 1 and not sc.parallel_ok:
+        raise KnobError(f"parallel={width}: {sc.name} runs its trials one at a time (each reads the kernel "
+                        f"counters); use parallel=1")
+    return _Run(sc, cfg, n, float(limit), min(width, n, MAX_PARALLEL), on_progress)
+
+
+def run(scenario: str | Scenario, trials: int | None = None, config: Mapping[str, Any] | Config | None = None,
+        *, deadline: float | None = None, parallel: int | None = None,
+        on_progress: Progress | None = None) -> Result:
+    """Run ``trials`` trials of ``scenario`` with knob values ``config``; block until done.
+
+    ``deadline`` is seconds per trial; ``parallel`` how many trials may run side by side
+    (scenarios that read counters per trial allow only 1). Raises KnobError for a bad
+    setting before anything starts.
+    """
+    return _prepare(scenario, trials, config, deadline, parallel, on_progress).execute()
+
+
+async def arun(scenario: str | Scenario, trials: int | None = None,
+               config: Mapping[str, Any] | Config | None = None, *, deadline: float | None = None,
+               parallel: int | None = None, on_progress: Progress | None = None) -> Result:
+    """:func:`run` for a running event loop (a notebook, a widget callback): awaits the run
+    without blocking the loop; ``on_progress`` is called on this loop. Cancelling the task
+    stops the run after the trials under way, and tears it down."""
+    loop = asyncio.get_running_loop()
+
+    def relay(done: int, total: int, row: dict[str, Any]) -> None:
+        if on_progress is not None:
+            loop.call_soon_threadsafe(on_progress, done, total, row)
+
+    job = _prepare(scenario, trials, config, deadline, parallel, relay)
+    future: asyncio.Future[Result] = loop.create_future()
+
+    def settle(outcome: Result | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(outcome)  # type: ignore[arg-type]
+
+    def work() -> None:  # a thread of its own that ends with the run (no pool left behind)
+        try:
+            outcome = job.execute()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, outcome, None)
+
+    worker = threading.Thread(target=work, name="lablib-run", daemon=True)
+    worker.start()
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        job.cancel()
+        await asyncio.wait([future])
+        raise
+    finally:
+        worker.join(timeout=0)  # already finished unless cancelled mid-run

@@ -1,0 +1,341 @@
+"""TracedSocket: a non-blocking TCP socket on an asyncio loop whose every call is recorded.
+
+This is the thin I/O layer under every actor. It does one syscall per recorded event, so the
+trace shows what a C program (Envoy, nginx) would do: ``send`` is one ``send()`` that may be
+partial, ``sendall`` is several. ``close`` records how many received bytes were still unread
+(FIONREAD): with any unread, Linux answers the close with RST instead of FIN (tcp_close,
+RFC 2525 section 2.17). ``abort`` is SO_LINGER 0 then close: RST always.
+
+The ``wire`` field of a close, shutdown or abort event is the segment the call makes the
+kernel send, inferred from the call, the unread count and the TCP state at that moment;
+kernel counters and captures confirm it.
+
+Every socket is bound to 127.0.0.1 only. Calls must be made on the loop thread that owns the
+socket. Not covered: IPv6, urgent data, and sockets not created through this class.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import errno
+import fcntl
+import socket
+import struct
+import termios
+import threading
+import time
+from typing import Any
+
+from . import kernel
+from .tcpinfo import TCP_INFO_BUFFER, parse_tcp_info
+from .trace import Trace
+
+__all__ = ["TracedSocket", "errno_name", "LOOPBACK", "close_leftovers"]
+
+LOOPBACK = "127.0.0.1"
+_STATES_THAT_RESET = {"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "FIN_WAIT2", "SYN_RECV"}
+
+# Every TracedSocket not yet closed, so teardown can close what a cancelled task left open.
+_open: set["TracedSocket"] = set()
+_open_lock = threading.Lock()
+
+
+def errno_name(exc: BaseException) -> str:
+    code = getattr(exc, "errno", None)
+    if isinstance(code, int):
+        return errno.errorcode.get(code, str(code))
+    return type(exc).__name__
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class TracedSocket:
+    """One TCP socket of one actor. Create it with :meth:`listen`, :meth:`connect` or
+    :meth:`accept`; end it with :meth:`close`, :meth:`abort` or :meth:`shutdown` + close."""
+
+    def __init__(self, sock: socket.socket, trace: Trace, actor: str, conn: str = "",
+                 local: tuple[str, int] | None = None, remote: tuple[str, int] | None = None) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.trace = trace
+        self.actor = actor
+        self.conn = conn
+        self.local = local or sock.getsockname()
+        self.remote = remote
+        self.closed = False
+        self.shut_wr = False
+        self.close_unread = -1  # bytes unread when close() or abort() ran
+        self.ends_sent: list[str] = []  # the FIN and RST this socket's calls made the kernel send
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        with _open_lock:
+            _open.add(self)
+
+    def __repr__(self) -> str:
+        status = "closed" if self.closed else "open"
+        return f"<TracedSocket {self.actor} {self.conn or self.local} {status}>"
+
+    # --- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def listen(cls, trace: Trace, actor: str, backlog: int = 128, port: int = 0) -> "TracedSocket":
+        """A listening socket on 127.0.0.1, on ``port`` (0: a free port the kernel picks).
+
+        A port already in use raises OSError(EADDRINUSE) with a message that says so."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind((LOOPBACK, port))
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(exc.errno, f"port {port} on {LOOPBACK} is in use; choose another, "
+                                         f"or 0 for any free port") from None
+            raise
+        except BaseException:
+            sock.close()
+            raise
+        self = cls(sock, trace, actor)
+        self._record("listen", detail=f"{self.local[0]}:{self.local[1]}")
+        return self
+
+    @classmethod
+    async def connect(cls, address: tuple[str, int], trace: Trace, actor: str) -> "TracedSocket":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException as exc:
+            trace.record(actor, "connect", result=errno_name(exc), detail=f"to {address[0]}:{address[1]}")
+            sock.close()
+            raise
+        local = sock.getsockname()
+        self = cls(sock, trace, actor, conn=f"{local[1]}>{address[1]}", local=local, remote=tuple(address))
+        self._record("connect", state="ESTABLISHED")
+        return self
+
+    async def accept(self, actor: str | None = None) -> "TracedSocket":
+        sock, peer = await asyncio.get_running_loop().sock_accept(self.sock)
+        try:
+            child = TracedSocket(sock, self.trace, actor or self.actor, conn=f"{peer[1]}>{self.local[1]}",
+                                 local=self.local, remote=peer)
+        except BaseException:
+            sock.close()
+            raise
+        child._record("accept", state="ESTABLISHED")
+        return child
+
+    # --- data --------------------------------------------------------------------------------
+
+    async def recv(self, size: int = 65536) -> bytes:
+        """One ``recv()`` that returned: data, ``b""`` for EOF; raises ConnectionResetError
+        and friends after recording them."""
+        while True:
+            try:
+                data = self.sock.recv(size)
+            except BlockingIOError:
+                await self._wait(writable=False)
+                continue
+            except OSError as exc:
+                self._record("recv", result=errno_name(exc))
+                raise
+            self.bytes_received += len(data)
+            self._record("recv", nbytes=len(data), result="ok" if data else "eof")
+            return data
+
+    async def send(self, data: bytes | memoryview) -> int:
+        """One ``send()`` that returned: how many bytes the kernel took (maybe fewer than given)."""
+        while True:
+            began = time.monotonic_ns()
+            try:
+                sent = self.sock.send(data)
+            except BlockingIOError:
+                await self._wait(writable=True)
+                continue
+            except OSError as exc:
+                self._record("send", t_ns=began, result=errno_name(exc))
+                raise
+            self.bytes_sent += sent
+            self._record("send", t_ns=began, nbytes=sent)
+            return sent
+
+    async def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[await self.send(view):]
+
+    async def drain(self, deadline: float | None = None, chunk: int = 262144) -> tuple[int, str]:
+        """Read and discard until EOF, an error, or the monotonic ``deadline`` passes.
+
+        Returns (bytes discarded, how it ended: ``eof``, an errno name, or ``deadline``).
+        """
+        total = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return total, "deadline"
+            try:
+                data = await asyncio.wait_for(self.recv(chunk), remaining)
+            except TimeoutError:
+                return total, "deadline"
+            except OSError as exc:
+                return total, errno_name(exc)
+            if not data:
+                return total, "eof"
+            total += len(data)
+
+    # --- ending ------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """``shutdown(SHUT_WR)``: FIN once the send queue drains; reading goes on (half-close)."""
+        state = self.tcp_state()
+        began = time.monotonic_ns()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._record("shutdown", t_ns=began, result=errno_name(exc), state=state)
+            raise
+        wire = "" if self.shut_wr or state not in _STATES_THAT_RESET else "FIN"
+        self.shut_wr = True
+        if wire:
+            self.ends_sent.append(wire)
+        self._record("shutdown", t_ns=began, state=state, wire=wire, detail="SHUT_WR")
+
+    def close(self, detail: str = "") -> None:
+        """``close()``; records the unread bytes and the segment that follows (RST if any unread)."""
+        self._close("close", detail)
+
+    def abort(self, detail: str = "") -> None:
+        """Abortive close: SO_LINGER {on, 0} then ``close()``: the kernel sends RST."""
+        if self.closed:
+            return
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass  # an already-reset socket; close() below still frees it
+        self._close("abort", detail or "SO_LINGER 0")
+
+    def _close(self, op: str, detail: str) -> None:
+        if self.closed:
+            return
+        unread = self.unread()
+        state = self.tcp_state()
+        if state in ("LISTEN", "CLOSE", "") or state.startswith("UNKNOWN"):
+            wire = ""
+        elif unread > 0 or op == "abort":
+            wire = "RST" if state in _STATES_THAT_RESET or unread > 0 else ""
+        elif self.shut_wr or state not in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV"):
+            wire = ""
+        else:
+            wire = "FIN"
+        self.closed = True
+        self.close_unread = unread
+        if wire:
+            self.ends_sent.append(wire)
+        with _open_lock:
+            _open.discard(self)
+        began = time.monotonic_ns()
+        self.sock.close()
+        self._record(op, t_ns=began, unread=unread, state=state, wire=wire, detail=detail)
+
+    # --- inspection --------------------------------------------------------------------------
+
+    def unread(self) -> int:
+        """Bytes received by the kernel that the program has not read (FIONREAD); -1 if unknown."""
+        if self.closed:
+            return -1
+        buf = array.array("i", [0])
+        try:
+            fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, buf)
+        except OSError:
+            return -1
+        return buf[0]
+
+    def tcp_info(self) -> dict[str, Any]:
+        """TCP_INFO of this socket, every field this kernel provides (see :mod:`lablib.tcpinfo`)."""
+        return parse_tcp_info(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BUFFER))
+
+    def tcp_state(self) -> str:
+        """This socket's TCP state (``ESTABLISHED``, ``CLOSE_WAIT``...); after close, the
+        kernel's state of the connection (``FIN_WAIT2``, ``TIME_WAIT``, ``GONE``)."""
+        if self.closed:
+            return self.kernel_state()
+        try:
+            return str(self.tcp_info().get("state_name", ""))
+        except OSError:
+            return ""
+
+    def kernel_state(self) -> str:
+        """The kernel's view of this connection by 4-tuple, also after this process closed it."""
+        if self.remote is None:
+            return "LISTEN" if not self.closed else "GONE"
+        return kernel.socket_state(self.local, self.remote)
+
+    def note_state(self, detail: str = "") -> str:
+        """Record the current TCP state as a ``state`` event and return it."""
+        state = self.tcp_state()
+        self._record("state", state=state, detail=detail or ("after close" if self.closed else ""))
+        return state
+
+    async def wait_readable(self, low_water: int = 1) -> None:
+        """Wait until ``low_water`` bytes are unread, or EOF or an error is pending (SO_RCVLOWAT)."""
+        if low_water > 1:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+        try:
+            await self._wait(writable=False)
+        finally:
+            if low_water > 1 and not self.closed:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    async def wait_acked(self, timeout: float) -> bool:
+        """Wait until the peer's kernel has acknowledged every byte sent, or the connection was
+        reset; False if ``timeout`` passes first.
+
+        The kernel signals no event for "all acknowledged", so this polls TCP_INFO (unacked),
+        at first immediately and then backing off from 50 us to 2 ms.
+        """
+        deadline = time.monotonic() + timeout
+        pause = 50e-6
+        while True:
+            info = self.tcp_info()
+            if info.get("unacked", 0) == 0 or info.get("state_name") == "CLOSE":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2e-3)
+
+    # --- internals ---------------------------------------------------------------------------
+
+    async def _wait(self, writable: bool) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = self.sock.fileno()
+        if writable:
+            loop.add_writer(fd, _wake, fut)
+        else:
+            loop.add_reader(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            if writable:
+                loop.remove_writer(fd)
+            else:
+                loop.remove_reader(fd)
+
+    def _record(self, op: str, **fields: Any) -> None:
+        self.trace.record(self.actor, op, conn=self.conn, **fields)
+
+
+def close_leftovers(trace: Trace) -> int:
+    """Close every TracedSocket of ``trace``'s run still open (call after their loops have
+    stopped); returns how many there were."""
+    with _open_lock:
+        leftovers = [s for s in _open if s.trace is trace]
+    for s in leftovers:
+        s.close(detail="teardown")
+    return len(leftovers)
