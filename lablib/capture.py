@@ -8,16 +8,30 @@ interpreter file is ignored: capture is impossible there, and every lab works wi
 :func:`probe` tries the same socket scapy would open, without importing scapy (which is slow
 to import and hides this PermissionError inside AsyncSniffer's thread until ``stop()``).
 
-Not covered: capture on interfaces other than ``lo``.
+Where it is possible, :class:`Capture` records the TCP segments to and from a run's ports, so
+the ladder can draw observed packets beside the inferred ones.
+
+Not covered: capture on interfaces other than ``lo``, and IPv6.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any, Iterable
 
-__all__ = ["CaptureSupport", "probe"]
+import pandas as pd
+
+__all__ = ["CaptureSupport", "CaptureError", "Capture", "probe", "PACKET_COLUMNS"]
+
+PACKET_COLUMNS = ["t_ns", "sport", "dport", "flags", "seq", "ack", "nbytes"]
+
+
+class CaptureError(RuntimeError):
+    """Capture was asked for where it is not possible; the message says why, in one line."""
 
 _ETH_P_ALL = 0x0003
 _CAP_NET_RAW = 13
@@ -69,3 +83,79 @@ def probe() -> CaptureSupport:
     except ImportError:
         return CaptureSupport(False, "not available: raw sockets work but scapy is not installed")
     return CaptureSupport(True, "available: raw sockets on lo work (CAP_NET_RAW)")
+
+
+class Capture:
+    """Record TCP segments on ``lo`` to or from ``ports`` between :meth:`start` and :meth:`stop`.
+
+    Uses scapy's L2Socket, which drops the outgoing copy of each loopback packet (a plain
+    sniffer sees every packet twice). Times are converted to the monotonic clock of the trace.
+    :meth:`stop` sends a marker datagram through ``lo`` and waits for the sniffer to see it, so
+    every packet sent before it has been processed when the capture ends.
+    """
+
+    def __init__(self, ports: Iterable[int]) -> None:
+        self.ports = set(ports)
+        self.packets: Any = None  # scapy PacketList after stop()
+        self._sniffer: Any = None
+        self._marker: socket.socket | None = None
+        self._marked = threading.Event()
+        self._offset_ns = 0
+
+    def start(self) -> "Capture":
+        support = probe()
+        if not support:
+            raise CaptureError(f"capture={True}: {support.reason}")
+        from scapy.all import TCP, UDP, AsyncSniffer, conf
+
+        self._marker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._marker.bind(("127.0.0.1", 0))
+        marker_port = self._marker.getsockname()[1]
+        ports = self.ports
+
+        def wanted(p: Any) -> bool:
+            if UDP in p and p[UDP].dport == marker_port:
+                self._marked.set()
+                return False
+            return TCP in p and (p[TCP].sport in ports or p[TCP].dport in ports)
+
+        started = threading.Event()
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+        self._sniffer = AsyncSniffer(iface="lo", L2socket=conf.L2socket, lfilter=wanted, store=True,
+                                     started_callback=started.set)
+        self._sniffer.start()
+        if not started.wait(5) or self._sniffer.exception is not None:
+            error = self._sniffer.exception
+            self._close_marker()
+            raise CaptureError(f"capture did not start: {error or 'the sniffer thread did not report'}")
+        return self
+
+    def stop(self) -> pd.DataFrame:
+        """End the capture; the segments as a DataFrame with :data:`PACKET_COLUMNS`."""
+        if self._sniffer is None:
+            return pd.DataFrame(columns=PACKET_COLUMNS)
+        try:
+            assert self._marker is not None
+            self._marker.sendto(b"end of capture", self._marker.getsockname())
+            self._marked.wait(5)
+        finally:
+            self.packets = self._sniffer.stop()
+            self._sniffer = None
+            self._close_marker()
+        return packets_frame(self.packets, self._offset_ns)
+
+    def _close_marker(self) -> None:
+        if self._marker is not None:
+            self._marker.close()
+            self._marker = None
+
+
+def packets_frame(packets: Iterable[Any], offset_ns: int = 0) -> pd.DataFrame:
+    """scapy packets -> one row per TCP segment; ``offset_ns`` turns capture (wall-clock)
+    times into the monotonic clock (subtract it)."""
+    from scapy.all import TCP
+
+    rows = [{"t_ns": int(round(float(p.time) * 1e9)) - offset_ns, "sport": p[TCP].sport, "dport": p[TCP].dport,
+             "flags": str(p[TCP].flags), "seq": p[TCP].seq, "ack": p[TCP].ack, "nbytes": len(p[TCP].payload)}
+            for p in packets if TCP in p]
+    return pd.DataFrame(rows, columns=PACKET_COLUMNS)

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Any, NoReturn, Sequence
 
+from .capture import CaptureError
 from .knobs import Config, KnobError, parse_assignments
 
 __all__ = ["main"]
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=None, help="trials side by side (where the scenario allows)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--ladder", metavar="PNG", help="also draw the first trial's ladder timeline into PNG")
+    p.add_argument("--capture", action="store_true",
+                   help="also capture the packets (needs CAP_NET_RAW; see doctor); drawn on --ladder")
+    p.add_argument("--pcap", metavar="FILE", help="with --capture: write the packets to FILE for Wireshark")
 
     p = sub.add_parser("serve", help="run one role in the foreground on 127.0.0.1 until Ctrl-C")
     p.add_argument("role", help=f"one of: {', '.join(_roles())}")
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": _run, "serve": _serve, "knobs": _knobs, "doctor": _doctor, "bench": _bench}[args.command](args)
-    except KnobError as exc:
+    except (KnobError, CaptureError) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(exc.strerror or str(exc))
@@ -87,14 +91,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .runner import run
 
+    if args.pcap and not args.capture:
+        raise KnobError("--pcap needs --capture")
     result = run(args.scenario, args.trials, parse_assignments(args.knobs), deadline=args.deadline,
-                 parallel=args.parallel)
+                 parallel=args.parallel, capture=args.capture)
+    if args.pcap:
+        from scapy.all import wrpcap
+
+        wrpcap(args.pcap, result.raw_packets)
     if args.ladder:
         result.ladder().savefig(args.ladder, dpi=110)
     if args.json:
-        print(result.to_json())
+        data = result.to_dict()
+        if result.packets is not None:
+            data["packets"] = len(result.packets)
+        print(json.dumps(data))
     else:
         print(result.summary())
+        if result.packets is not None:
+            print(f"  captured: {len(result.packets)} segments" + (f", written to {args.pcap}" if args.pcap else ""))
         if args.ladder:
             print(f"  ladder of trial 0: {args.ladder}")
     return 1 if result.errors else 0

@@ -20,11 +20,12 @@ Not covered: retransmissions, window updates and pure ACKs (no call reveals them
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .trace import Event
 
-__all__ = ["Segment", "Mark", "infer_segments", "marks", "merge_data", "lane_order", "describe"]
+__all__ = ["Segment", "Mark", "infer_segments", "observed_segments", "marks", "merge_data", "lane_order",
+           "describe"]
 
 _RESET_ERRORS = ("ECONNRESET", "EPIPE")
 #: lanes left to right: the client, then hops toward the server
@@ -89,6 +90,38 @@ def infer_segments(events: Sequence[Event]) -> list[Segment]:
         for src, dst in ((a, b), (b, a)):
             out.extend(_direction(conn, evs, src, dst))
     out.sort(key=lambda s: s.t_sent_ns)
+    return out
+
+
+def observed_segments(events: Sequence[Event], packets: Any, acks: bool = False) -> list[Segment]:
+    """Captured segments (a DataFrame with lablib.capture.PACKET_COLUMNS) of the connections
+    in ``events``, as Segments with ``inferred=False``; pure ACKs only with ``acks``."""
+    ends: dict[tuple[int, int], tuple[str, str, str]] = {}
+    by_conn: dict[str, list[Event]] = {}
+    for e in events:
+        if e.conn and ">" in e.conn:
+            by_conn.setdefault(e.conn, []).append(e)
+    for conn, evs in by_conn.items():
+        pair = _ends(evs)
+        if pair is None:
+            continue
+        a_port, b_port = (int(p) for p in conn.split(">"))
+        ends[(a_port, b_port)] = (pair[0], pair[1], conn)
+        ends[(b_port, a_port)] = (pair[1], pair[0], conn)
+    out = []
+    for row in packets.itertuples(index=False):
+        key = (int(row.sport), int(row.dport))
+        if key not in ends:
+            continue
+        src, dst, conn = ends[key]
+        flags = str(row.flags)
+        kind = ("RST" if "R" in flags else "FIN" if "F" in flags else "handshake" if "S" in flags
+                else "data" if row.nbytes else "ACK")
+        if kind == "ACK" and not acks:
+            continue
+        label = flags + (f" {row.nbytes} B" if row.nbytes else "")
+        out.append(Segment(kind, src, dst, int(row.t_ns), int(row.t_ns), label, conn, inferred=False,
+                           nbytes=int(row.nbytes), cause="captured"))
     return out
 
 

@@ -34,6 +34,7 @@ SEGMENT_STYLE = {
     "data": dict(color="#37474f", lw=1.2),
     "FIN": dict(color="#1565c0", lw=1.8),
     "RST": dict(color="#c62828", lw=2.0),
+    "ACK": dict(color="#b0bec5", lw=0.8),
 }
 
 #: fixed colours so the same outcome looks the same in every chart of every lab
@@ -57,6 +58,7 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
     if scale not in ("order", "time"):
         raise ValueError(f"scale={scale!r}: choose order or time")
     events = [e for e in events if e.op != "listen"]
+    observed = list(observed)
     if not events:
         raise ValueError("no events to draw: was the trial run, and is the trial number right?")
     lanes = lane_order(events)
@@ -64,9 +66,9 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
     segments = merge_data(infer_segments(events)) + list(observed)
     segments = [s for s in segments if s.src in x and s.dst in x]
     labels = [m for m in marks(events) if m.actor in x]
-    t0 = min(e.t_ns for e in events)
     instants = sorted({m.t_ns for m in labels} | {s.t_sent_ns for s in segments}
                       | {s.t_seen_ns for s in segments if s.t_seen_ns is not None})
+    t0 = instants[0]
     if scale == "order":
         row, gaps = _rows(instants)
 
@@ -101,13 +103,13 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
         ax.set_yticklabels([f"{(t - t0) / 1e6:.3f}" for t in instants], fontsize=7)
         for at, gap_ms in gaps:
             ax.text(-1.45, at, f"{gap_ms:.1f} ms pass", fontsize=7, color="#78909c", va="center", style="italic")
-        ax.set_ylabel("ms since the first call (a row per instant)")
+        ax.set_ylabel("ms since the first call or packet (a row per instant)")
     else:
         ax.invert_yaxis()
-        ax.set_ylabel("ms since the first call")
+        ax.set_ylabel("ms since the first call or packet")
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
-    ax.legend(handles=_legend(bool(list(observed))), loc="upper center", bbox_to_anchor=(0.5, -0.01),
+    ax.legend(handles=_legend(bool(observed)), loc="upper center", bbox_to_anchor=(0.5, -0.01),
               ncol=6, fontsize=8, frameon=False)
     if title:
         ax.set_title(title, pad=22)
@@ -143,6 +145,8 @@ def _arrow(ax: object, x0: float, y0: float, x1: float, y1: float, s: Segment) -
                 arrowprops=dict(arrowstyle="-|>", color=style["color"], lw=style["lw"],
                                 linestyle="--" if s.inferred else "-", shrinkA=2, shrinkB=2))
     text = s.label + (" (inferred)" if s.inferred and s.kind in ("FIN", "RST") else "")
+    if not s.inferred:
+        text = f"[{s.label}]"  # captured: the TCP flags as Wireshark shows them
     # labels sit right of the middle: call labels of a middle lane are written to its right
     f = LABEL_AT if x1 >= x0 else 1 - LABEL_AT
     ax.text(x0 + f * (x1 - x0), y0 + f * (y1 - y0), text, ha="center", va="bottom", fontsize=7.5,  # type: ignore[attr-defined]
@@ -158,10 +162,11 @@ def _mark(ax: object, x: float, y: float, m: Mark, right: bool) -> None:
 
 
 def _legend(observed: bool) -> list[Line2D]:
-    handles = [Line2D([], [], color=v["color"], lw=v["lw"], label=k) for k, v in SEGMENT_STYLE.items()]
+    handles = [Line2D([], [], color=v["color"], lw=v["lw"], label=k) for k, v in SEGMENT_STYLE.items()
+               if k != "ACK"]
     handles.append(Line2D([], [], color="#555", lw=1, linestyle="--", label="inferred from calls"))
     if observed:
-        handles.append(Line2D([], [], color="#555", lw=1, label="captured"))
+        handles.append(Line2D([], [], color="#555", lw=1, label="[captured]"))
     return handles
 
 

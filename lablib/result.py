@@ -11,16 +11,20 @@ Not covered: comparing results of different scenarios (put them side by side wit
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from .capture import PACKET_COLUMNS
 from .kernel import COUNTER_HELP
 from .knobs import Config
-from .trace import Trace
+from .trace import Event, Trace
 
-__all__ = ["Result"]
+__all__ = ["Result", "ARCHIVE_FORMAT"]
+
+ARCHIVE_FORMAT = 1
 
 SPECIAL_OUTCOMES = ("timeout", "error")
 
@@ -37,6 +41,10 @@ class Result:
     deadline_s: float = 0.0
     parallel: int = 1
     cancelled: bool = False
+    #: captured TCP segments (see lablib.capture.PACKET_COLUMNS), or None without capture
+    packets: pd.DataFrame | None = field(default=None, repr=False)
+    #: the same as scapy packets, for writing a pcap (not kept in archives)
+    raw_packets: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -85,6 +93,45 @@ class Result:
     def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **kw)
 
+    # --- archives: a run kept whole (trials, events, packets), to draw it again elsewhere ------
+
+    def to_archive(self, note: str = "") -> dict[str, Any]:
+        """Everything needed to rebuild this Result: settings, trials, kernel deltas, every
+        event and captured segment. ``note`` says where and how it was made."""
+        return {
+            "format": ARCHIVE_FORMAT,
+            "scenario": self.scenario,
+            "config": {k: _plain(v) for k, v in self.config.changed().items()},
+            "note": note,
+            "elapsed_s": self.elapsed_s, "deadline_s": self.deadline_s, "parallel": self.parallel,
+            "cancelled": self.cancelled, "kernel": dict(self.kernel),
+            "trials": json.loads(self.trials.to_json(orient="records")),
+            "t0_ns": self.trace.t0_ns,
+            "events": [asdict(e) for e in self.trace.events()],
+            "packets": None if self.packets is None else json.loads(self.packets.to_json(orient="records")),
+        }
+
+    @classmethod
+    def from_archive(cls, data: dict[str, Any]) -> "Result":
+        from .scenarios import get
+
+        if data.get("format") != ARCHIVE_FORMAT:
+            raise ValueError(f"archive format {data.get('format')!r}: this lablib reads format {ARCHIVE_FORMAT}")
+        scenario = get(data["scenario"])
+        packets = data.get("packets")
+        return cls(scenario.name, scenario.configure(data["config"]), pd.DataFrame(data["trials"]),
+                   dict(data["kernel"]), data["elapsed_s"],
+                   Trace.from_events([Event(**e) for e in data["events"]], data["t0_ns"]), scenario.outcomes,
+                   data["deadline_s"], data["parallel"], data["cancelled"],
+                   None if packets is None else pd.DataFrame(packets, columns=PACKET_COLUMNS))
+
+    def save(self, path: str | Path, note: str = "") -> None:
+        Path(path).write_text(json.dumps(self.to_archive(note), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Result":
+        return cls.from_archive(json.loads(Path(path).read_text()))
+
     def summary(self) -> str:
         """A few lines of text: settings, outcome counts and rates, kernel deltas, time."""
         changed = self.config.changed()
@@ -120,12 +167,17 @@ class Result:
         return self.trace.frame(trial)
 
     def ladder(self, trial: int | None = None, **kw: Any) -> Any:
-        """The ladder timeline of one trial (the first by default); see :func:`lablib.plot.ladder`."""
+        """The ladder timeline of one trial (the first by default); see :func:`lablib.plot.ladder`.
+        With a capture, the captured segments are drawn too (solid)."""
+        from .ladder import observed_segments
         from .plot import ladder
 
         if trial is None:
             trial = int(self.trials["trial"].iloc[0])
-        return ladder(self.trace.events(trial), title=f"{self.scenario}, trial {trial}", **kw)
+        events = self.trace.events(trial)
+        if self.packets is not None and "observed" not in kw:
+            kw["observed"] = observed_segments(events, self.packets)
+        return ladder(events, title=f"{self.scenario}, trial {trial}", **kw)
 
 
 def _plain(value: Any) -> Any:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from . import kernel
+from .capture import Capture, CaptureError, probe
 from .knobs import Config, KnobError
 from .result import Result
 from .scenarios import get as get_scenario
@@ -45,9 +46,10 @@ _CANCEL = object()
 
 class _Run:
     def __init__(self, scenario: Scenario, config: Config, trials: int, deadline: float, parallel: int,
-                 on_progress: Progress | None) -> None:
+                 on_progress: Progress | None, capture: bool = False) -> None:
         self.scenario, self.config, self.trials = scenario, config, trials
         self.deadline, self.parallel, self.on_progress = deadline, parallel, on_progress
+        self.capture = capture
         self.inbox: queue.Queue[Any] = queue.Queue()
 
     def cancel(self) -> None:
@@ -63,6 +65,7 @@ class _Run:
             client = topo.loop("client")
             lab = Lab(self.config, trace, topo, self.deadline)
             client.call(self.scenario.setup(lab), START_TIMEOUT)
+            sniffer = Capture(_listening_ports(lab)).start() if self.capture else None
             before = kernel.read_counters()
             future = client.submit(self._all_trials(lab))
             budget = math.ceil(self.trials / self.parallel) * (self.deadline + 1.0) + SLACK
@@ -82,12 +85,15 @@ class _Run:
                 raise TimeoutError(f"{self.scenario.name}: run exceeded {budget:.0f} s; trials are stuck") from None
             finally:
                 future.cancel()
+                packets = sniffer.stop() if sniffer is not None else None
             after = kernel.read_counters()
         elapsed = time.perf_counter() - started
         frame = pd.DataFrame(rows).sort_values("trial", ignore_index=True) if rows else pd.DataFrame(
             columns=["trial", "outcome"])
-        return Result(self.scenario.name, self.config, frame, kernel.delta(before, after), elapsed, trace,
-                      self.scenario.outcomes, self.deadline, self.parallel, cancelled)
+        result = Result(self.scenario.name, self.config, frame, kernel.delta(before, after), elapsed, trace,
+                        self.scenario.outcomes, self.deadline, self.parallel, cancelled, packets)
+        result.raw_packets = sniffer.packets if sniffer is not None else None
+        return result
 
     async def _all_trials(self, lab: Lab) -> None:
         if self.parallel == 1:
@@ -123,8 +129,14 @@ class _Run:
         self.inbox.put(row)
 
 
+def _listening_ports(lab: Lab) -> set[int]:
+    """The ports the run's roles listen on: every connection of the run has one at an end."""
+    return {role.address[1] for role in lab.roles.values() if getattr(role, "address", None)}
+
+
 def _prepare(scenario: str | Scenario, trials: int | None, config: Mapping[str, Any] | Config | None,
-             deadline: float | None, parallel: int | None, on_progress: Progress | None) -> _Run:
+             deadline: float | None, parallel: int | None, on_progress: Progress | None,
+             capture: bool = False) -> _Run:
     sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
     cfg = sc.configure(config)
     n = sc.default_trials if trials is None else trials
@@ -139,24 +151,30 @@ def _prepare(scenario: str | Scenario, trials: int | None, config: Mapping[str, 
     if width > 1 and not sc.parallel_ok:
         raise KnobError(f"parallel={width}: {sc.name} runs its trials one at a time (each reads the kernel "
                         f"counters); use parallel=1")
-    return _Run(sc, cfg, n, float(limit), min(width, n, MAX_PARALLEL), on_progress)
+    if capture:
+        support = probe()
+        if not support:
+            raise CaptureError(f"capture: {support.reason}")
+    return _Run(sc, cfg, n, float(limit), min(width, n, MAX_PARALLEL), on_progress, bool(capture))
 
 
 def run(scenario: str | Scenario, trials: int | None = None, config: Mapping[str, Any] | Config | None = None,
         *, deadline: float | None = None, parallel: int | None = None,
-        on_progress: Progress | None = None) -> Result:
+        on_progress: Progress | None = None, capture: bool = False) -> Result:
     """Run ``trials`` trials of ``scenario`` with knob values ``config``; block until done.
 
     ``deadline`` is seconds per trial; ``parallel`` how many trials may run side by side
-    (scenarios that read counters per trial allow only 1). Raises KnobError for a bad
-    setting before anything starts.
+    (scenarios that read counters per trial allow only 1). ``capture=True`` also records the
+    packets on loopback (where the machine allows it; see ``python -m lablib doctor``), for
+    ``result.packets`` and the ladder. Raises KnobError for a bad setting, CaptureError when
+    capture is asked for but impossible, before anything starts.
     """
-    return _prepare(scenario, trials, config, deadline, parallel, on_progress).execute()
+    return _prepare(scenario, trials, config, deadline, parallel, on_progress, capture).execute()
 
 
 async def arun(scenario: str | Scenario, trials: int | None = None,
                config: Mapping[str, Any] | Config | None = None, *, deadline: float | None = None,
-               parallel: int | None = None, on_progress: Progress | None = None) -> Result:
+               parallel: int | None = None, on_progress: Progress | None = None, capture: bool = False) -> Result:
     """:func:`run` for a running event loop (a notebook, a widget callback): awaits the run
     without blocking the loop; ``on_progress`` is called on this loop. Cancelling the task
     stops the run after the trials under way, and tears it down."""
@@ -166,7 +184,7 @@ async def arun(scenario: str | Scenario, trials: int | None = None,
         if on_progress is not None:
             loop.call_soon_threadsafe(on_progress, done, total, row)
 
-    job = _prepare(scenario, trials, config, deadline, parallel, relay)
+    job = _prepare(scenario, trials, config, deadline, parallel, relay, capture)
     future: asyncio.Future[Result] = loop.create_future()
 
     def settle(outcome: Result | None, error: BaseException | None) -> None:

@@ -20,6 +20,7 @@ import array
 import asyncio
 import errno
 import fcntl
+import select
 import socket
 import struct
 import termios
@@ -107,15 +108,16 @@ class TracedSocket:
     async def connect(cls, address: tuple[str, int], trace: Trace, actor: str) -> "TracedSocket":
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        began = time.monotonic_ns()  # connect() sends the SYN: stamped when it starts
         try:
             await asyncio.get_running_loop().sock_connect(sock, address)
         except BaseException as exc:
-            trace.record(actor, "connect", result=errno_name(exc), detail=f"to {address[0]}:{address[1]}")
+            trace.record(actor, "connect", t_ns=began, result=errno_name(exc), detail=f"to {address[0]}:{address[1]}")
             sock.close()
             raise
         local = sock.getsockname()
         self = cls(sock, trace, actor, conn=f"{local[1]}>{address[1]}", local=local, remote=tuple(address))
-        self._record("connect", state="ESTABLISHED")
+        self._record("connect", t_ns=began, state="ESTABLISHED")
         return self
 
     async def accept(self, actor: str | None = None) -> "TracedSocket":
@@ -290,6 +292,30 @@ class TracedSocket:
         finally:
             if low_water > 1 and not self.closed:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    async def wait_reset(self) -> str | None:
+        """After EOF, wait until the connection is reset or fully closed; return the reset's
+        errno name (``ECONNRESET``, ``EPIPE``), or None if both directions closed cleanly.
+
+        A socket that has read EOF stays readable, so readiness cannot tell a later RST. This
+        waits on a private epoll set that reports only EPOLLERR and EPOLLHUP for this socket
+        (HUP: both directions shut, which an RST also causes), then reads SO_ERROR. If a
+        ``send`` already collected the error, the reset shows as a clean close here.
+        """
+        loop = asyncio.get_running_loop()
+        watch = select.epoll()
+        try:
+            watch.register(self.sock.fileno(), select.EPOLLERR | select.EPOLLHUP)
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(watch.fileno(), _wake, fut)
+            try:
+                await fut
+            finally:
+                loop.remove_reader(watch.fileno())
+        finally:
+            watch.close()
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return errno.errorcode.get(code, str(code)) if code else None
 
     async def wait_acked(self, timeout: float) -> bool:
         """Wait until the peer's kernel has acknowledged every byte sent, or the connection was

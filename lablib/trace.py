@@ -74,6 +74,15 @@ class Trace:
             self._events.append(event)
         return event
 
+    @classmethod
+    def from_events(cls, events: Iterable[Event], t0_ns: int | None = None) -> "Trace":
+        """A trace holding ``events`` (read back from an archive)."""
+        trace = cls()
+        trace._events.extend(events)
+        if t0_ns is not None:
+            trace.t0_ns = t0_ns
+        return trace
+
     def __len__(self) -> int:
         return len(self._events)
 

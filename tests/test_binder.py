@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BINDER_UID = 1000
 # repo2docker copies the repository in; these are the parts the labs need
-COPY = ("pyproject.toml", "README.md", "lablib", "labs", "binder")
+COPY = ("pyproject.toml", "README.md", "lablib", "labs", "data", "binder")
 
 
 def _python_for(uid, scratch):

@@ -68,6 +68,12 @@ def test_through_a_delay_line_the_rst_arrives_one_delay_later_and_is_relayed_as_
     assert (result.trials["OutRsts"] == 2).all()  # the server's RST, and the delay line's relayed one
 
 
+def test_through_a_delay_line_a_write_after_the_fin_still_draws_the_rst():
+    result = lablib.run("close-basics", 5, {"close.mode": "drained", "client.writes_after_end": 2,
+                                            "wire.delay": 0.005})
+    assert result.outcomes["epipe"] == 5 and set(result.trials["writes"]) == {"ok EPIPE"}
+
+
 def test_the_exercise_checker_accepts_the_measured_answer_and_rejects_another():
     config = {"close.mode": "unread", "client.request_bytes": 0}
     right, text = check_prediction({"server_sends": "fin", "client_sees": "EOF"}, config, trials=3)

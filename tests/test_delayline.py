@@ -122,6 +122,28 @@ def test_an_rst_is_relayed_as_an_rst_after_the_data_before_it(hop):
     assert drive(topo, sink, scenario) >= DELAY - 0.002
 
 
+def test_a_reset_that_follows_a_fin_is_relayed_too(hop):
+    """The keep-alive race: the server closed, the client writes anyway, the server's kernel
+    answers RST. The client must learn of it one round trip later, as over a real path."""
+    topo, wire, sink = hop
+
+    async def scenario(next_conn, on_server):
+        c = await TracedSocket.connect(wire.address, topo.trace, "client")
+        s = await next_conn()
+        await on_server(asyncio.sleep(0, s.close()))  # server: idle timeout, FIN
+        assert await c.recv() == b""
+        started = time.monotonic()
+        await c.send(b"GET / HTTP/1.1\r\n\r\n")  # succeeds locally, as such writes do
+        assert await c.wait_reset() is not None  # ... and the reset comes back through the relay
+        round_trip = time.monotonic() - started
+        with pytest.raises(BrokenPipeError):
+            await c.send(b"more")
+        c.close()
+        return round_trip
+
+    assert 2 * DELAY - 0.002 <= drive(topo, sink, scenario) < 2 * DELAY + 0.05
+
+
 def test_a_slow_reader_makes_the_relay_push_back_instead_of_buffering(hop):
     topo, wire, sink = hop
 

@@ -8,9 +8,15 @@ reset) as an abortive close (SO_LINGER 0), which makes the kernel send RST. This
 labs widen race windows of microseconds on loopback to the milliseconds of a real network,
 without root (tc/netem needs CAP_NET_ADMIN).
 
+A reset that follows a FIN is relayed too: after relaying a FIN, the delay line keeps watching
+that side for an RST (the keep-alive race: a request reaches a server that closed, and its
+kernel answers RST).
+
 Buffers are bounded: a direction holds at most ``buffer_bytes`` in flight and stops reading
 when full, so TCP flow control pushes back on the sender as a real path would. A relay that
-read everything first would hide resets (toxiproxy#72); this one keeps them.
+read everything first would hide resets (toxiproxy#72); this one keeps them. The delay line is
+still a TCP endpoint, as any proxy is: it acknowledges data itself, so a sender's kernel learns
+of a reset beyond it only when the delay line passes the reset on.
 
 Times are kept by the event loop, so each delay is accurate to about a millisecond (epoll
 waits in whole milliseconds). Not covered: loss, reordering, bandwidth limits, and a delay
@@ -47,7 +53,7 @@ class _Direction:
     queued: int = 0
     has_items: asyncio.Event = field(default_factory=asyncio.Event)
     has_room: asyncio.Event = field(default_factory=asyncio.Event)
-    end: str = ""  # what the reader relayed last: "fin" or "rst" once it is done
+    reader_done: bool = False
     dst_reset: bool = False  # a write to dst failed: dst's peer reset the connection
 
     def put(self, kind: str, data: bytes = b"") -> None:
@@ -56,8 +62,11 @@ class _Direction:
         self.owner.peak_queued = max(self.owner.peak_queued, self.queued)
         self.has_items.set()
 
-    async def take(self) -> tuple[float, str, bytes]:
+    async def take(self) -> tuple[float, str, bytes] | None:
+        """The next item, or None once the reader is done and nothing is left."""
         while not self.items:
+            if self.reader_done:
+                return None
             self.has_items.clear()
             await self.has_items.wait()
         item = self.items.popleft()
@@ -76,9 +85,10 @@ class _Direction:
 class _Link:
     """The two directions of one relayed connection and the four tasks that move them.
 
-    Each reader ends at EOF (relayed as FIN) or at an error (relayed as RST); each writer
-    ends after relaying FIN or RST, or when its write fails. Relaying a RST stops everything
-    that touches the socket being reset, so the link always finishes.
+    Each reader ends at an error (relayed as RST), or at EOF (relayed as FIN) once the socket
+    is reset (relayed as RST) or closed both ways. Each writer ends after relaying a RST, when
+    its write fails, or when its reader is done and nothing is left to relay. Relaying a RST
+    stops everything that touches the socket being reset, so the link always finishes.
     """
 
     def __init__(self, down: TracedSocket, up: TracedSocket, owner: "DelayLine") -> None:
@@ -106,45 +116,49 @@ class _Link:
                 s.close()
 
     async def read(self, d: _Direction) -> None:
-        while True:
-            room = await d.room()
-            try:
-                data = await d.src.recv(min(CHUNK, room))
-            except OSError:
-                d.end = "rst"
-            else:
+        try:
+            while True:
+                room = await d.room()
+                try:
+                    data = await d.src.recv(min(CHUNK, room))
+                except OSError:
+                    d.put("rst")
+                    return
                 if data:
                     d.put("data", data)
                     continue
-                # EOF after one of our writes to this socket failed: that was a reset whose
-                # error the write consumed (Linux reports it once), not a FIN.
-                d.end = "rst" if self.other(d).dst_reset else "fin"
-            d.put(d.end)
-            return
+                # EOF after one of our writes to this socket failed was a reset whose error
+                # the write consumed (Linux reports it once), not a FIN.
+                if self.other(d).dst_reset:
+                    d.put("rst")
+                    return
+                d.put("fin")
+                # The peer may still reset after its FIN (our data reached its closed socket,
+                # the keep-alive race): keep watching, and relay that too.
+                if await d.src.wait_reset() is not None or self.other(d).dst_reset:
+                    d.put("rst")
+                return
+        finally:
+            d.reader_done = True
+            d.has_items.set()
 
     async def write(self, d: _Direction) -> None:
-        while True:
-            due, kind, data = await d.take()
+        while (item := await d.take()) is not None:
+            due, kind, data = item
             pause = due - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
             try:
                 if kind == "data":
                     await d.dst.sendall(data)
-                    continue
-                if kind == "fin":
+                elif kind == "fin":
                     d.dst.shutdown()
                 else:
                     self.reset(d)
-                return
+                    return
             except OSError:
-                d.dst_reset = True
-                back = self.other(d)
-                if back.end == "fin":
-                    # the far side's FIN was relayed already; its reset follows one delay later
-                    await asyncio.sleep(d.delay)
-                    self.reset(back)
-                return  # otherwise the reader of d.dst sees the reset and relays it
+                d.dst_reset = True  # the reader of d.dst sees the reset (or EOF) and relays it
+                return
 
     def reset(self, d: _Direction) -> None:
         """Relay a reset from d.src to d.dst: stop every task touching d.dst, then abort it."""

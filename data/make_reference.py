@@ -1,0 +1,56 @@
+"""Remake the reference runs in data/: real runs of each lab with a packet capture.
+
+    sudo .venv/bin/python data/make_reference.py      # needs CAP_NET_RAW (see: python -m lablib doctor)
+
+Each variant is written as data/<scenario>/<variant>.json (a lablib Result archive: settings,
+trials, kernel counter deltas, every traced call, every captured segment) and .pcap (the same
+packets, for Wireshark). Labs draw them where live capture is impossible.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import lablib
+from lablib.capture import probe
+
+DATA = Path(__file__).resolve().parent
+
+#: scenario -> variant -> (trials, knobs)
+VARIANTS = {
+    "close-basics": {
+        "drained": (3, {"close.mode": "drained"}),
+        "unread": (3, {"close.mode": "unread"}),
+        "shutdown": (3, {"close.mode": "shutdown"}),
+        "linger0": (3, {"close.mode": "linger0"}),
+        "drained-writes": (3, {"close.mode": "drained", "client.writes_after_end": 2}),
+        "unread-delay": (3, {"close.mode": "unread", "wire.delay": 0.01}),
+    },
+}
+
+
+def main() -> int:
+    support = probe()
+    if not support:
+        print(f"make_reference: packet capture is {support.reason}", file=sys.stderr)
+        return 2
+    from scapy.all import wrpcap
+
+    stamp = datetime.date.today().isoformat()
+    for scenario, variants in VARIANTS.items():
+        (DATA / scenario).mkdir(exist_ok=True)
+        for variant, (trials, knobs) in variants.items():
+            result = lablib.run(scenario, trials, knobs, capture=True)
+            note = (f"captured {stamp} with data/make_reference.py on Linux {platform.release()}, "
+                    f"Python {platform.python_version()}, lablib {lablib.__version__}")
+            result.save(DATA / scenario / f"{variant}.json", note=note)
+            wrpcap(str(DATA / scenario / f"{variant}.pcap"), result.raw_packets)
+            print(f"{scenario}/{variant}: {result.n} trials, {len(result.packets)} segments, {result.outcomes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
