@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from .ladder import Mark, Segment, infer_segments, lane_order, marks, merge_data
 from .trace import Event
 
-__all__ = ["ladder", "outcome_bars", "OUTCOME_COLORS", "LabFigure"]
+__all__ = ["ladder", "ladders", "outcome_bars", "OUTCOME_COLORS", "LabFigure"]
 
 
 class LabFigure(Figure):
@@ -121,6 +121,18 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
 LABEL_AT = 0.7
 #: in "order" scale, a pause longer than this between two instants opens a visible gap
 GAP_NS = 1_000_000
+
+
+def ladders(results: Mapping[str, object], trial: int = 0, *, columns: int = 2) -> Figure:
+    """The ladder of one trial of each Result in ``results`` ({title: Result}), in a grid."""
+    items = list(results.items())
+    rows = -(-len(items) // columns)
+    fig = LabFigure(figsize=(6.2 * columns, 5.6 * rows))
+    for i, (title, result) in enumerate(items):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ladder(result.trace.events(trial), title=title, ax=ax)  # type: ignore[attr-defined]
+    fig.tight_layout()
+    return fig
 
 
 def _rows(instants: list[int]) -> tuple[dict[int, float], list[tuple[float, float]]]:

@@ -61,18 +61,25 @@ class _Run:
         rows: list[dict[str, Any]] = []
         cancelled = False
         started = time.perf_counter()
+        sniffer: Capture | None = None
         with Topology(trace) as topo:
             client = topo.loop("client")
             lab = Lab(self.config, trace, topo, self.deadline)
             client.call(self.scenario.setup(lab), START_TIMEOUT)
-            sniffer = Capture(_listening_ports(lab)).start() if self.capture else None
-            before = kernel.read_counters()
-            future = client.submit(self._all_trials(lab))
-            budget = math.ceil(self.trials / self.parallel) * (self.deadline + 1.0) + SLACK
-            stop_at = time.monotonic() + budget
+            future = None
             try:
+                if self.capture:
+                    sniffer = Capture(_listening_ports(lab)).start()
+                before = kernel.read_counters()
+                future = client.submit(self._all_trials(lab))
+                budget = math.ceil(self.trials / self.parallel) * (self.deadline + 1.0) + SLACK
+                stop_at = time.monotonic() + budget
                 while True:
-                    item = self.inbox.get(timeout=max(0.0, stop_at - time.monotonic()))
+                    try:
+                        item = self.inbox.get(timeout=max(0.0, stop_at - time.monotonic()))
+                    except queue.Empty:
+                        raise TimeoutError(f"{self.scenario.name}: run exceeded {budget:.0f} s; "
+                                           "trials are stuck") from None
                     if item is _DONE:
                         break
                     if item is _CANCEL:
@@ -81,10 +88,9 @@ class _Run:
                     rows.append(item)
                     if self.on_progress:
                         self.on_progress(len(rows), self.trials, item)
-            except queue.Empty:
-                raise TimeoutError(f"{self.scenario.name}: run exceeded {budget:.0f} s; trials are stuck") from None
             finally:
-                future.cancel()
+                if future is not None:
+                    future.cancel()
                 packets = sniffer.stop() if sniffer is not None else None
             after = kernel.read_counters()
         elapsed = time.perf_counter() - started
@@ -212,4 +218,6 @@ async def arun(scenario: str | Scenario, trials: int | None = None,
         await asyncio.wait([future])
         raise
     finally:
-        worker.join(timeout=0)  # already finished unless cancelled mid-run
+        # the run has ended (its result or error is in): the worker only has to return, so
+        # this join takes microseconds, and no thread outlives the call
+        worker.join(timeout=5)

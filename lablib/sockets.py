@@ -35,7 +35,10 @@ from .trace import Trace
 __all__ = ["TracedSocket", "errno_name", "LOOPBACK", "close_leftovers"]
 
 LOOPBACK = "127.0.0.1"
+#: states in which an abortive close sends RST (Linux tcp_need_reset)
 _STATES_THAT_RESET = {"ESTABLISHED", "CLOSE_WAIT", "FIN_WAIT1", "FIN_WAIT2", "SYN_RECV"}
+#: states in which our side has not sent its FIN yet
+_STATES_BEFORE_OUR_FIN = {"ESTABLISHED", "CLOSE_WAIT", "SYN_RECV"}
 
 # Every TracedSocket not yet closed, so teardown can close what a cancelled task left open.
 _open: set["TracedSocket"] = set()
@@ -73,6 +76,8 @@ class TracedSocket:
         self.ends_sent: list[str] = []  # the FIN and RST this socket's calls made the kernel send
         self.bytes_sent = 0
         self.bytes_received = 0
+        # fd registrations of pending waits (writable -> future), so close() can undo them
+        self._waits: dict[bool, asyncio.Future[None]] = {}
         with _open_lock:
             _open.add(self)
 
@@ -201,7 +206,7 @@ class TracedSocket:
         except OSError as exc:
             self._record("shutdown", t_ns=began, result=errno_name(exc), state=state)
             raise
-        wire = "" if self.shut_wr or state not in _STATES_THAT_RESET else "FIN"
+        wire = "FIN" if not self.shut_wr and state in _STATES_BEFORE_OUR_FIN else ""
         self.shut_wr = True
         if wire:
             self.ends_sent.append(wire)
@@ -230,10 +235,11 @@ class TracedSocket:
             wire = ""
         elif unread > 0 or op == "abort":
             wire = "RST" if state in _STATES_THAT_RESET or unread > 0 else ""
-        elif self.shut_wr or state not in ("ESTABLISHED", "CLOSE_WAIT", "SYN_RECV"):
+        elif self.shut_wr or state not in _STATES_BEFORE_OUR_FIN:
             wire = ""
         else:
             wire = "FIN"
+        self._drop_waits()
         self.closed = True
         self.close_unread = unread
         if wire:
@@ -338,20 +344,37 @@ class TracedSocket:
     # --- internals ---------------------------------------------------------------------------
 
     async def _wait(self, writable: bool) -> None:
+        if self.closed:
+            raise OSError(errno.EBADF, "socket already closed")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         fd = self.sock.fileno()
-        if writable:
-            loop.add_writer(fd, _wake, fut)
-        else:
-            loop.add_reader(fd, _wake, fut)
+        (loop.add_writer if writable else loop.add_reader)(fd, _wake, fut)
+        self._waits[writable] = fut
         try:
             await fut
         finally:
-            if writable:
-                loop.remove_writer(fd)
-            else:
-                loop.remove_reader(fd)
+            # close() may have dropped the registration already; after that the fd number can
+            # belong to a new socket, whose registration must not be removed from here
+            if self._waits.get(writable) is fut:
+                del self._waits[writable]
+                (loop.remove_writer if writable else loop.remove_reader)(fd)
+
+    def _drop_waits(self) -> None:
+        """Before the fd closes: unregister pending waits, and wake their callers with EBADF."""
+        if not self._waits:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # teardown after the loop stopped: its selector is gone already
+            self._waits.clear()
+            return
+        fd = self.sock.fileno()
+        for writable, fut in list(self._waits.items()):
+            (loop.remove_writer if writable else loop.remove_reader)(fd)
+            if not fut.done():
+                fut.set_exception(OSError(errno.EBADF, "socket closed while waiting"))
+        self._waits.clear()
 
     def _record(self, op: str, **fields: Any) -> None:
         self.trace.record(self.actor, op, conn=self.conn, **fields)

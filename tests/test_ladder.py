@@ -4,7 +4,7 @@ import pytest
 
 import lablib
 from lablib.ladder import infer_segments, lane_order, marks, merge_data
-from lablib.plot import ladder, outcome_bars
+from lablib.plot import ladder, ladders, outcome_bars
 from lablib.trace import Event
 
 C, S = "client", "server"
@@ -92,6 +92,8 @@ def test_pictures_draw_from_a_real_run():
     assert ladder(result.trace.events(0), scale="time").axes
     bars = outcome_bars({"unread": result, "again": result})
     assert [t.get_text() for t in bars.axes[0].get_xticklabels()] == ["unread", "again"]
+    grid = ladders({"first": result, "second": result}, trial=2)
+    assert [ax.get_title() for ax in grid.axes] == ["first", "second"]
     with pytest.raises(ValueError, match="no events"):
         ladder([])
     with pytest.raises(ValueError, match="scale"):

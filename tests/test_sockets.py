@@ -1,6 +1,7 @@
 """TracedSocket records every call, with what a close leaves unread and what it sends."""
 
 import asyncio
+import errno
 
 import pytest
 
@@ -133,3 +134,46 @@ def test_loop_call_from_its_own_thread_is_refused_not_deadlocked():
             loop.call(inner(), 5)
     finally:
         loop.stop()
+
+
+def test_closing_a_socket_wakes_its_waiter_and_frees_the_fd_number_cleanly():
+    trace = Trace()
+
+    async def scenario():
+        client, server = await pair(trace)
+        waiter = asyncio.ensure_future(server.recv())
+        await asyncio.sleep(0.01)  # the recv is now waiting for data
+        server.close()
+        with pytest.raises(OSError) as err:
+            await waiter
+        assert err.value.errno == errno.EBADF
+        # the fd number is free again; a new socket that gets it must work normally
+        again_client, again_server = await pair(trace)
+        await again_client.sendall(b"still fine")
+        assert await again_server.recv() == b"still fine"
+        for s in (client, again_client, again_server):
+            s.close()
+
+    on_a_loop(scenario)
+
+
+def test_wait_reset_tells_a_reset_from_a_clean_close():
+    trace = Trace()
+
+    async def scenario():
+        client, server = await pair(trace)
+        server.close()  # FIN
+        assert await client.recv() == b""
+        await client.send(b"x")  # the closed server's kernel answers RST
+        assert await client.wait_reset() == "EPIPE"
+        client.close()
+        client, server = await pair(trace)
+        server.shutdown()
+        assert await client.recv() == b""
+        client.shutdown()
+        assert await server.recv() == b""
+        assert await client.wait_reset() is None  # both directions closed: no reset
+        client.close()
+        server.close()
+
+    on_a_loop(scenario)
