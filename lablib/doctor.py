@@ -48,11 +48,13 @@ def diagnose() -> dict[str, Any]:
     with socket.socket() as s:
         raw = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BUFFER)
         report["tcp_info_bytes"] = len(raw)
-    try:
+    try:  # look up a real connection: its client end must be ESTABLISHED
         with socket.socket() as listener:
             listener.bind(("127.0.0.1", 0))
             listener.listen()
-            report["sock_diag"] = kernel.socket_state(listener.getsockname(), ("0.0.0.0", 0)) in ("LISTEN", "GONE")
+            with socket.create_connection(listener.getsockname(), timeout=5) as client:
+                found = kernel.socket_state(client.getsockname(), listener.getsockname())
+            report["sock_diag"] = found == "ESTABLISHED" or f"not working (found {found})"
     except OSError as exc:
         report["sock_diag"] = f"not available ({exc})"
     report["tools"] = {t: (_tool_version(p) if (p := shutil.which(t)) else None) for t in TOOLS}

@@ -204,6 +204,11 @@ class Config(Mapping[str, Any]):
     def formatted(self) -> dict[str, str]:
         return {k.name: k.format(self.values[k.name]) for k in self.knobs}
 
+    def describe(self) -> str:
+        """The changed knobs as ``close.mode=unread, wire.delay=5ms``, or ``defaults``."""
+        text = self.formatted()
+        return ", ".join(f"{name}={text[name]}" for name in self.changed()) or "defaults"
+
 
 def unknown_name_message(name: str, by_name: Mapping[str, Knob], owner: str) -> str:
     close = difflib.get_close_matches(name, list(by_name), n=1)

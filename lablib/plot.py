@@ -194,8 +194,7 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
     if isinstance(results, Result):
         results = [results]
     if not isinstance(results, Mapping):
-        results = {", ".join(f"{k}={v}" for k, v in r.config.formatted().items() if k in r.config.changed())  # type: ignore[attr-defined]
-                   or "defaults": r for r in results}  # type: ignore[union-attr]
+        results = {r.config.describe(): r for r in results}  # type: ignore[union-attr]
     runs: dict[str, Result] = dict(results)  # type: ignore[arg-type]
     names: list[str] = []
     for r in runs.values():

@@ -134,9 +134,7 @@ class Result:
 
     def summary(self) -> str:
         """A few lines of text: settings, outcome counts and rates, kernel deltas, time."""
-        changed = self.config.changed()
-        settings = ", ".join(f"{k}={_fmt(self.config, k)}" for k in changed) or "defaults"
-        lines = [f"{self.scenario}: {self.n} trials ({settings})"]
+        lines = [f"{self.scenario}: {self.n} trials ({self.config.describe()})"]
         width = max((len(k) for k in self.outcomes), default=7)
         for name, count in self.outcomes.items():
             lines.append(f"  {name:<{width}}  {count:>6}  {count / self.n:6.1%}" if self.n else f"  {name}")
@@ -157,8 +155,7 @@ class Result:
         kernel_rows = "".join(
             f"<tr><td title='{COUNTER_HELP.get(k, '')}'>{k}</td><td style='text-align:right'>{v:+d}</td></tr>"
             for k, v in self.kernel.items())
-        changed = ", ".join(f"{k}={_fmt(self.config, k)}" for k in self.config.changed()) or "defaults"
-        return (f"<div><b>{self.scenario}</b>: {self.n} trials, {changed}, {self.elapsed_s:.2f} s"
+        return (f"<div><b>{self.scenario}</b>: {self.n} trials, {self.config.describe()}, {self.elapsed_s:.2f} s"
                 f"<table><tr><th>outcome</th><th>trials</th><th>rate</th></tr>{outcome_rows}</table>"
                 f"<table><tr><th>kernel counter</th><th>change</th></tr>{kernel_rows}</table></div>")
 
@@ -183,6 +180,3 @@ class Result:
 def _plain(value: Any) -> Any:
     return value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
 
-
-def _fmt(config: Config, name: str) -> str:
-    return config.formatted()[name]

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import ipywidgets as w
 from IPython.display import HTML, Image
 
-from .knobs import Knob, KnobError
+from .knobs import Knob, KnobError, unknown_name_message
 from .result import Result
 from .runner import arun, run
 from .scenarios import Scenario, get
@@ -40,7 +40,7 @@ def control_for(knob: Knob, value: Any = None) -> w.Widget:
     tip = knob.help + (f" (models {knob.models})" if knob.models else "")
     if knob.kind == "choice":
         return w.Dropdown(options=list(knob.choices), value=value, description=knob.name, style=style,
-                          layout=layout, description_allow_html=False, tooltip=tip)
+                          layout=layout, tooltip=tip)
     if knob.kind == "bool":
         return w.Checkbox(value=bool(value), description=knob.name, style=style, layout=layout, tooltip=tip,
                           indent=False)
@@ -53,14 +53,21 @@ def control_for(knob: Knob, value: Any = None) -> w.Widget:
 
 
 class LabForm:
+    """The form of one scenario.
+
+    ``knobs`` picks which knobs get a control (default: all); ``values`` presets knobs, and
+    those without a control keep their preset value in every run; ``trials`` presets the
+    trial count; ``ladder=False`` leaves the ladder out of the output.
+    """
+
     def __init__(self, scenario: str | Scenario, *, trials: int | None = None, knobs: Iterable[str] | None = None,
                  values: dict[str, Any] | None = None, ladder: bool = True) -> None:
         self.scenario = get(scenario) if isinstance(scenario, str) else scenario
         chosen = list(knobs) if knobs is not None else [k.name for k in self.scenario.knobs]
         by_name = {k.name: k for k in self.scenario.knobs}
-        unknown = [n for n in chosen if n not in by_name]
-        if unknown:
-            self.scenario.configure({unknown[0]: None})  # raises the one-line unknown-knob error
+        for name in chosen:
+            if name not in by_name:
+                raise KnobError(unknown_name_message(name, by_name, self.scenario.name))
         preset = self.scenario.configure(values or {})
         self.knobs = [by_name[n] for n in chosen]
         self.controls = {k.name: control_for(k, preset[k.name]) for k in self.knobs}
@@ -173,9 +180,7 @@ class LabForm:
 
         self.results = (self.results + [result])[-HISTORY:]
         self.status.value = f"{result.n} trials in {result.elapsed_s:.2f} s" + (" (stopped)" if result.cancelled else "")
-        labelled = {f"#{i + 1}: " + (", ".join(f"{k}={v}" for k, v in r.config.formatted().items()
-                                               if k in r.config.changed()) or "defaults"): r
-                    for i, r in enumerate(self.results)}
+        labelled = {f"#{i + 1}: {r.config.describe()}": r for i, r in enumerate(self.results)}
         self.output.outputs = ()  # clear_output() would print escape codes outside a kernel
         self.output.append_display_data(HTML(result._repr_html_()))
         self.output.append_display_data(_png(outcome_bars(labelled, title="this form's runs, newest last")))
