@@ -4,7 +4,8 @@
 
 Each variant is written as data/<scenario>/<variant>.json (a lablib Result archive: settings,
 trials, kernel counter deltas, every traced call, every captured segment) and .pcap (the same
-packets, for Wireshark). Labs draw them where live capture is impossible.
+packets, as captured: cut to their first 128 bytes, the headers, for Wireshark). Labs draw them where live capture is
+impossible.
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ VARIANTS = {
         "drained-writes": (3, {"close.mode": "drained", "client.writes_after_end": 2}),
         "unread-delay": (3, {"close.mode": "unread", "wire.delay": 0.01}),
     },
+    "early-close": {
+        "close": (2, {}),
+        "lingering": (2, {"server.close_mode": "lingering"}),
+        "proxy-close": (2, {"topology": "proxy"}),
+        "proxy-lingering": (2, {"topology": "proxy", "server.close_mode": "lingering"}),
+    },
 }
+
 
 
 def main() -> int:
@@ -37,7 +45,7 @@ def main() -> int:
     if not support:
         print(f"make_reference: packet capture is {support.reason}", file=sys.stderr)
         return 2
-    from scapy.all import wrpcap
+    from lablib.capture import write_pcap
 
     stamp = datetime.date.today().isoformat()
     for scenario, variants in VARIANTS.items():
@@ -47,7 +55,7 @@ def main() -> int:
             note = (f"captured {stamp} with data/make_reference.py on Linux {platform.release()}, "
                     f"Python {platform.python_version()}, lablib {lablib.__version__}")
             result.save(DATA / scenario / f"{variant}.json", note=note)
-            wrpcap(str(DATA / scenario / f"{variant}.pcap"), result.raw_packets)
+            write_pcap(str(DATA / scenario / f"{variant}.pcap"), result.raw_packets)
             print(f"{scenario}/{variant}: {result.n} trials, {len(result.packets)} segments, {result.outcomes}")
     return 0
 

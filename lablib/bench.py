@@ -7,6 +7,11 @@ server's state by sock_diag, and the four counter reads. The ratio is the price 
 machinery, not of the kernel work. Memory is the tracemalloc peak of a run divided by its
 trials (the trace keeps every event of every trial).
 
+For early-close, the raw client posts an 8 MiB body (the lab's default) and a 1 KiB one,
+direct and through the proxy, with a plain close (the race) and a lingering close (the fix);
+the figure is trials per second, each trial a fresh connection, a whole upload and the
+server's (and proxy's) close.
+
 Not covered: the later labs' scenarios (each adds its figure here when it lands).
 """
 
@@ -25,7 +30,7 @@ from .runner import run
 from .scenarios.close_basics import MODES
 from .tcpinfo import TCP_INFO_BUFFER
 
-__all__ = ["bare_trial", "bench_close_basics", "format_bench"]
+__all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "format_bench", "format_early_close"]
 
 REQUEST = b"q" * 1000
 REPLY = b"r" * 100
@@ -105,4 +110,30 @@ def format_bench(report: dict[str, Any]) -> str:
     m = report["memory"]
     lines.append(f"  memory: {m['events_per_trial']} events per trial; tracemalloc peak {m['peak_bytes'] / 1024**2:.1f} MiB "
                  f"over {m['trials']} trials = {m['bytes_per_trial'] / 1024:.1f} KiB per trial")
+    return "\n".join(lines)
+
+
+EARLY_CLOSE_CASES = (
+    ("direct", "close"), ("direct", "lingering"), ("proxy", "close"), ("proxy", "lingering"),
+)
+
+
+def bench_early_close(trials: int = 100) -> dict[str, Any]:
+    rows = []
+    for body in (8 * 1024**2, 1024):
+        for topology, mode in EARLY_CLOSE_CASES:
+            result = run("early-close", trials, {"topology": topology, "server.close_mode": mode,
+                                                 "client.body_bytes": body})
+            rows.append({"topology": topology, "server.close_mode": mode, "body_bytes": body,
+                         "trials_per_s": round(trials / result.elapsed_s), "outcomes": result.outcomes})
+    return {"scenario": "early-close", "trials": trials, "client": "raw", "rows": rows}
+
+
+def format_early_close(report: dict[str, Any]) -> str:
+    lines = [f"early-close: {report['trials']} sequential trials per row, raw client, a fresh connection each",
+             f"  {'topology':<8} {'close mode':<10} {'body':>7} {'trials/s':>9}  outcomes"]
+    for r in report["rows"]:
+        body = "8 MiB" if r["body_bytes"] == 8 * 1024**2 else "1 KiB"
+        outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if v)
+        lines.append(f"  {r['topology']:<8} {r['server.close_mode']:<10} {body:>7} {r['trials_per_s']:>9}  {outcomes}")
     return "\n".join(lines)

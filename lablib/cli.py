@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any, NoReturn, Sequence
 
-from .capture import CaptureError
-from .knobs import Config, KnobError, parse_assignments
+from .capture import CaptureError, write_pcap
+from .knobs import Config, KnobError, markdown_table, parse_assignments
 
 __all__ = ["main"]
 
@@ -62,20 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("knobs", help="list the knobs of a scenario or role, with the real options they model")
     p.add_argument("name", nargs="?", help="a scenario or role (default: all)")
+    p.add_argument("--markdown", action="store_true", help="print the knob map as a Markdown table")
 
     p = sub.add_parser("doctor", help="say what this machine allows: capture, counters, tools")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("bench", help="measure trials per second against bare sockets, and memory")
-    p.add_argument("--trials", type=int, default=1000, help="trials per mode (default 1000)")
+    p.add_argument("--trials", type=int, default=1000,
+                   help="close-basics trials per mode (default 1000); early-close runs a tenth as many")
     p.add_argument("--json", action="store_true")
     return parser
 
 
 def _roles() -> dict[str, Any]:
+    from .roles.proxy import PROXY_KNOBS
     from .roles.server import SERVER_KNOBS
 
-    return {"server": SERVER_KNOBS}
+    return {"server": SERVER_KNOBS, "proxy": PROXY_KNOBS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,9 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run(args.scenario, args.trials, parse_assignments(args.knobs), deadline=args.deadline,
                  parallel=args.parallel, capture=args.capture)
     if args.pcap:
-        from scapy.all import wrpcap
-
-        wrpcap(args.pcap, result.raw_packets)
+        write_pcap(args.pcap, result.raw_packets)
     if args.ladder:
         result.ladder().savefig(args.ladder, dpi=110)
     if args.json:
@@ -116,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .roles.proxy import HttpProxy
     from .roles.server import HttpServer
     from .topology import Topology
     from .trace import Trace
@@ -126,13 +128,18 @@ def _serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise KnobError(f"--port {args.port}: must be between 0 and 65535 (0: any free port)")
     config = Config(roles[args.role], parse_assignments(args.knobs), owner=f"role {args.role}")
+    if args.role == "proxy" and not config["proxy.upstream"]:
+        raise KnobError("proxy.upstream is not set: say where to send requests, "
+                        "for example --set proxy.upstream=127.0.0.1:8080")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     # Ctrl-C must stop it even when started from a shell that set SIGINT to "ignore"
     # (background jobs of a script inherit that, and Python then installs no handler).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with Topology(Trace(keep=10_000)) as topo:
-        server = topo.start_now(HttpServer(topo.trace, config, port=args.port), "server")
+        role = HttpServer(topo.trace, config, port=args.port) if args.role == "server" else HttpProxy(
+            topo.trace, config, port=args.port)
+        server = topo.start_now(role, args.role)
         host, port = server.address
         settings = ", ".join(f"{k}={v}" for k, v in config.formatted().items())
         print(f"{args.role} listening on http://{host}:{port}/ ({settings})", flush=True)
@@ -150,12 +157,15 @@ def _knobs(args: argparse.Namespace) -> int:
 
     roles = _roles()
     if args.name is None:
-        groups = [(s.name, s.knobs) for s in all_scenarios()] + [(f"role {r}", k) for r, k in roles.items()]
+        groups = [(s.name, s.knobs) for s in all_scenarios()] + [(f"serve {r}", k) for r, k in roles.items()]
     elif args.name in roles:
-        groups = [(f"role {args.name}", roles[args.name])]
+        groups = [(f"serve {args.name}", roles[args.name])]
     else:
         sc = get(args.name)
         groups = [(sc.name, sc.knobs)]
+    if args.markdown:
+        print(markdown_table(groups))
+        return 0
     for title, knobs in groups:
         print(title)
         for k in knobs:
@@ -175,10 +185,15 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import bench_close_basics, format_bench
+    from .bench import bench_close_basics, bench_early_close, format_bench, format_early_close
 
     if not 10 <= args.trials <= 100_000:
         raise KnobError(f"--trials {args.trials}: must be between 10 and 100000")
-    report = bench_close_basics(args.trials)
-    print(json.dumps(report) if args.json else format_bench(report))
+    close_basics = bench_close_basics(args.trials)
+    early_close = bench_early_close(max(10, args.trials // 10))
+    if args.json:
+        print(json.dumps({"close-basics": close_basics, "early-close": early_close}))
+    else:
+        print(format_bench(close_basics))
+        print(format_early_close(early_close))
     return 0

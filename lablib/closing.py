@@ -30,15 +30,16 @@ __all__ = ["CLOSE_MODES", "end_connection"]
 CLOSE_MODES = ("close", "abort", "delayed", "lingering")
 
 
-async def end_connection(sock: TracedSocket, mode: str, timeout: float) -> str:
-    """End ``sock`` by ``mode``; return how the wait ended (``eof``, ``deadline``, an errno
-    name) for the waiting modes, or the mode itself."""
+async def end_connection(sock: TracedSocket, mode: str, timeout: float) -> tuple[str, int]:
+    """End ``sock`` by ``mode``. Returns how it ended (for the waiting modes ``eof``,
+    ``deadline`` or an errno name; else the mode itself) and how many bytes it read and
+    discarded on the way (the price of the waiting modes)."""
     if mode == "close":
         sock.close()
-        return "close"
+        return "close", 0
     if mode == "abort":
         sock.abort()
-        return "abort"
+        return "abort", 0
     if mode not in ("delayed", "lingering"):
         raise ValueError(f"close mode {mode!r}: choose one of {', '.join(CLOSE_MODES)}")
     if mode == "lingering":
@@ -46,7 +47,7 @@ async def end_connection(sock: TracedSocket, mode: str, timeout: float) -> str:
             sock.shutdown()
         except OSError as exc:  # the peer reset first: nothing left to linger for
             sock.close()
-            return errno_name(exc)
+            return errno_name(exc), 0
     discarded, how = await sock.drain(deadline=time.monotonic() + timeout)
     sock.close(detail=f"{mode} close ended by {how} after discarding {discarded} B")
-    return how
+    return how, discarded

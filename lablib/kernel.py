@@ -23,7 +23,8 @@ from typing import Mapping
 
 from .tcpinfo import state_name
 
-__all__ = ["COUNTERS", "read_counters", "parse_counter_table", "delta", "socket_state", "Counters"]
+__all__ = ["COUNTERS", "read_counters", "parse_counter_table", "delta", "socket_state", "Counters",
+           "tcp_buffer_limits"]
 
 #: The counters every run reports, as (file section, name).
 COUNTERS = ("OutRsts", "EstabResets", "TCPAbortOnClose", "TCPAbortOnData")
@@ -80,6 +81,17 @@ class Counters:
     def __exit__(self, *exc: object) -> None:
         assert self.before is not None
         self.delta = delta(self.before, read_counters())
+
+
+def tcp_buffer_limits() -> dict[str, tuple[int, int, int]]:
+    """net.ipv4.tcp_rmem and tcp_wmem (min, default, max bytes): how big a receive queue and a
+    send buffer of a new TCP socket start, and how far the kernel lets them grow."""
+    out = {}
+    for name in ("tcp_rmem", "tcp_wmem"):
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            low, default, high = (int(v) for v in f.read().split())
+        out[name] = (low, default, high)
+    return out
 
 
 # --- sock_diag exact lookup ------------------------------------------------------------------

@@ -15,12 +15,13 @@ Not covered: knobs that depend on each other (a scenario checks those in its own
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-__all__ = ["Knob", "KnobError", "Config", "choice", "flag", "seconds", "nbytes", "integer"]
+__all__ = ["Knob", "KnobError", "Config", "choice", "flag", "seconds", "nbytes", "integer", "address"]
 
 
 class KnobError(ValueError):
@@ -39,8 +40,10 @@ _FALSE = {"0", "false", "off", "no"}
 class Knob:
     """One setting: its name, kind, default and bounds, and the real option it models.
 
-    ``kind`` is one of ``choice``, ``bool``, ``int``, ``seconds`` (a float in seconds) and
-    ``bytes`` (an int). ``low``/``high`` bound numbers inclusively; ``None`` means unbounded.
+    ``kind`` is one of ``choice``, ``bool``, ``int``, ``seconds`` (a float in seconds),
+    ``bytes`` (an int) and ``address`` (``host:port`` of an IPv4 address or ``localhost``,
+    returned as a (host, port) tuple; ``""`` means unset). ``low``/``high`` bound numbers
+    inclusively; ``None`` means unbounded.
     """
 
     name: str
@@ -54,7 +57,7 @@ class Knob:
     real_default: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("choice", "bool", "int", "seconds", "bytes"):
+        if self.kind not in ("choice", "bool", "int", "seconds", "bytes", "address"):
             raise ValueError(f"knob {self.name}: unknown kind {self.kind!r}")
         self.parse(self.default)  # a knob's own default must be valid
 
@@ -73,6 +76,8 @@ class Knob:
             if text in (0, 1):
                 return bool(text)
             raise KnobError(f"{self.name}={value!r}: choose on or off")
+        if self.kind == "address":
+            return _address(self.name, value)
         number = self._number(text, value)
         if self.kind in ("int", "bytes"):
             if number != int(number):
@@ -90,6 +95,8 @@ class Knob:
             return _format_seconds(value)
         if self.kind == "bytes":
             return _format_bytes(value)
+        if self.kind == "address":
+            return f"{value[0]}:{value[1]}" if value else "unset"
         return str(value)
 
     def _number(self, text: Any, original: Any) -> float:
@@ -139,6 +146,28 @@ def nbytes(name: str, default: int, help: str, low: int = 0, high: int = 1024**3
 
 def integer(name: str, default: int, help: str, low: int | None = 0, high: int | None = None, **kw: Any) -> Knob:
     return Knob(name, "int", default, help, low=low, high=high, **kw)
+
+
+def _address(name: str, value: Any) -> tuple[str, int] | str:
+    if value in ("", None):
+        return ""
+    if isinstance(value, tuple) and len(value) == 2:
+        value = f"{value[0]}:{value[1]}"
+    host, sep, port = str(value).strip().rpartition(":")
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        ipaddress.IPv4Address(host)
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 1 <= number <= 65535:
+        raise KnobError(f"{name}={value!r}: expected HOST:PORT with an IPv4 address or localhost, "
+                        f"for example 127.0.0.1:8080")
+    return (host, number)
+
+
+def address(name: str, help: str, **kw: Any) -> Knob:
+    return Knob(name, "address", "", help, **kw)
 
 
 def _format_seconds(value: float) -> str:
@@ -197,6 +226,12 @@ class Config(Mapping[str, Any]):
         values.update({k.replace("__", "."): v for k, v in changes.items()})
         return Config(self.knobs, values, self.owner)
 
+    def subset(self, knobs: tuple[Knob, ...], owner: str | None = None) -> "Config":
+        """A Config of ``knobs`` with this config's values for those it has (a role's share of a
+        scenario's settings)."""
+        return Config(knobs, {k.name: self.values[k.name] for k in knobs if k.name in self.values},
+                      owner or self.owner)
+
     def changed(self) -> dict[str, Any]:
         """The knobs whose value differs from their default."""
         return {k.name: self.values[k.name] for k in self.knobs if self.values[k.name] != k.default}
@@ -225,3 +260,24 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
             raise KnobError(f"--set {item!r}: expected KNOB=VALUE, for example close.mode=unread")
         out[name.strip()] = value
     return out
+
+
+def markdown_table(groups: Iterable[tuple[str, Iterable[Knob]]]) -> str:
+    """The knob map as a Markdown table: one row per knob, with where it applies (``groups``
+    is (where, knobs) pairs) and its default there, what it models and the real default."""
+    order: list[str] = []
+    found: dict[str, tuple[Knob, list[tuple[str, str]]]] = {}
+    for where, knobs in groups:
+        for k in knobs:
+            if k.name not in found:
+                order.append(k.name)
+                found[k.name] = (k, [])
+            found[k.name][1].append((where, k.format(k.default)))
+    rows = ["| knob | where | default | what it does | models | real default |", "|---|---|---|---|---|---|"]
+    for name in order:
+        knob, places = found[name]
+        defaults = {d for _, d in places}
+        default = places[0][1] if len(defaults) == 1 else "; ".join(f"{d} ({w})" for w, d in places)
+        rows.append(f"| `{name}` | {', '.join(w for w, _ in places)} | {default} | {knob.help} | "
+                    f"{knob.models or '-'} | {knob.real_default or '-'} |")
+    return "\n".join(rows)

@@ -97,7 +97,9 @@ async def _cancel_all_tasks() -> None:
         task.cancel()
     if tasks:
         await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    loop = asyncio.get_running_loop()
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()  # the threads asyncio.to_thread started (real clients)
 
 
 def unfinished_loops() -> list[LoopThread]:

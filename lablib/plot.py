@@ -10,7 +10,7 @@ Not covered: interactive zoom (use ``scale="time"`` and ``ax.set_ylim`` for a cl
 from __future__ import annotations
 
 import io
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from .ladder import Mark, Segment, infer_segments, lane_order, marks, merge_data
 from .trace import Event
 
-__all__ = ["ladder", "ladders", "outcome_bars", "OUTCOME_COLORS", "LabFigure"]
+__all__ = ["ladder", "ladders", "outcome_bars", "sweep", "OUTCOME_COLORS", "LabFigure"]
 
 
 class LabFigure(Figure):
@@ -202,7 +202,7 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
             if count and name not in names:
                 names.append(name)
     if ax is None:
-        fig = LabFigure(figsize=(max(5.0, 1.4 * len(runs) + 2.5), 3.8))
+        fig = LabFigure(figsize=(min(15.0, max(5.0, 1.1 * len(runs) + 2.5)), 3.8))
         ax = fig.add_subplot()
     else:
         fig = ax.figure  # type: ignore[attr-defined]
@@ -229,5 +229,40 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
             tick.set_ha("right")
     n = {r.n for r in runs.values()}
     ax.set_title(title or (f"outcomes over {n.pop()} trials each" if len(n) == 1 else "outcomes"))  # type: ignore[attr-defined]
+    fig.tight_layout()
+    return fig
+
+
+def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str = "share of trials",
+          title: str | None = None, log_x: bool = False, markers: Iterable[tuple[float, str]] = (),
+          percent: bool = True, x_format: Any = None, theory: Mapping[str, Sequence[float]] | None = None) -> Figure:
+    """Curves over a swept knob: ``series`` maps a label to one y per x (rates, by default
+    drawn as percentages); ``theory`` curves are drawn dashed; ``markers`` are vertical lines
+    with a label, e.g. a buffer size."""
+    fig = LabFigure(figsize=(8.5, 4.2))
+    ax = fig.add_subplot()
+    palette = iter(["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037"])
+    for label, ys in series.items():
+        known = [OUTCOME_COLORS[w] for w in label.split() if w in OUTCOME_COLORS]
+        ax.plot(x, ys, marker="o", lw=2, color=known[0] if known else next(palette), label=label)
+    for label, ys in (theory or {}).items():
+        ax.plot(x, ys, lw=1.5, ls="--", color="#455a64", label=label)
+    for at, text in markers:
+        ax.axvline(at, color="#90a4ae", lw=1, ls=":")
+        ax.text(at, 0.5, text, rotation=90, va="center", ha="center", fontsize=8, color="#546e7a",
+                transform=ax.get_xaxis_transform(), bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none"))
+    if log_x:
+        ax.set_xscale("log", base=2)
+    if x_format is not None:
+        ax.xaxis.set_major_formatter(x_format)
+    if percent:
+        ax.set_ylim(-0.03, 1.03)
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig

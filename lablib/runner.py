@@ -57,14 +57,21 @@ class _Run:
         self.inbox.put(_CANCEL)
 
     def execute(self) -> Result:
-        trace = Trace()
+        cleanups: list[Callable[[], None]] = []
+        try:
+            return self._in_topology(Trace(), cleanups)
+        finally:  # after the roles stopped and the clients' threads were joined
+            for cleanup in cleanups:
+                cleanup()
+
+    def _in_topology(self, trace: Trace, cleanups: list[Callable[[], None]]) -> Result:
         rows: list[dict[str, Any]] = []
         cancelled = False
         started = time.perf_counter()
         sniffer: Capture | None = None
         with Topology(trace) as topo:
             client = topo.loop("client")
-            lab = Lab(self.config, trace, topo, self.deadline)
+            lab = Lab(self.config, trace, topo, self.deadline, cleanups=cleanups)
             client.call(self.scenario.setup(lab), START_TIMEOUT)
             future = None
             try:

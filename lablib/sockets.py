@@ -76,6 +76,7 @@ class TracedSocket:
         self.ends_sent: list[str] = []  # the FIN and RST this socket's calls made the kernel send
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.accept_index = -1  # set by the role that accepted it: 0 for its first connection
         # fd registrations of pending waits (writable -> future), so close() can undo them
         self._waits: dict[bool, asyncio.Future[None]] = {}
         with _open_lock:

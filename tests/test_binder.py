@@ -1,4 +1,4 @@
-"""Binder, recreated: a fresh environment from binder/, lab 00 run as an unprivileged user
+"""Binder, recreated: a fresh environment from binder/, the labs run as an unprivileged user
 with no_new_privs set, as mybinder.org runs it (uid 1000, no capabilities, no capture).
 
 Slow (it installs the requirements into a new virtual environment); the pip cache makes a
@@ -92,9 +92,10 @@ def test_the_binder_environment_has_no_packet_capture(binder_env):
     assert report["counters"]["readable"] is True and report["sock_diag"] is True
 
 
-def test_lab_00_passes_under_nbval_as_the_binder_user(binder_env):
+def test_the_labs_pass_under_nbval_as_the_binder_user(binder_env):
     uid, repo, venv, env = binder_env
-    argv = [f"{venv}/bin/python", "-m", "pytest", "labs/00_close_basics.ipynb", "labs/index.ipynb", "-q"]
+    argv = [f"{venv}/bin/python", "-m", "pytest", "labs/00_close_basics.ipynb", "labs/01_early_close.ipynb",
+            "labs/index.ipynb", "-q"]
     out = subprocess.run(_as_user(uid, argv), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout and "failed" not in out.stdout

@@ -131,7 +131,12 @@ def test_bench_reports_lablib_and_bare_sockets_side_by_side():
     out = lablib("bench", "--trials", "50", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert [r["mode"] for r in report["modes"]] == MODES
-    for row in report["modes"]:
+    basics = report["close-basics"]
+    assert [r["mode"] for r in basics["modes"]] == MODES
+    for row in basics["modes"]:
         assert row["lablib_trials_per_s"] > 0 and row["bare_trials_per_s"] > 0 and row["bare_over_lablib"] > 0
-    assert report["memory"]["bytes_per_trial"] > 0
+    assert basics["memory"]["bytes_per_trial"] > 0
+    early = report["early-close"]
+    assert {(r["topology"], r["server.close_mode"]) for r in early["rows"]} == {
+        ("direct", "close"), ("direct", "lingering"), ("proxy", "close"), ("proxy", "lingering")}
+    assert all(r["trials_per_s"] > 0 and sum(r["outcomes"].values()) == 10 for r in early["rows"])

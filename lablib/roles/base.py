@@ -4,6 +4,11 @@ It listens on 127.0.0.1 (port 0 unless given), serves each accepted connection i
 its own, and on :meth:`stop` cancels those tasks (their ``finally`` blocks close their
 sockets) and closes the listener. A role subclasses it and writes :meth:`serve`.
 
+Connections are numbered in the order they are accepted (``accept_index``). When one is done,
+the role publishes a summary of it in ``finished``, under its name and under ``#N``: a trial
+that drives a client it cannot look into (curl, requests) and runs alone knows that its
+connection is the next one accepted.
+
 Not covered: roles that only connect out (the client runs in the scenario's trial instead).
 """
 
@@ -12,7 +17,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Coroutine
 
-from ..sockets import TracedSocket
+from ..loops import Completions
+from ..sockets import TracedSocket, errno_name
 from ..trace import Trace
 
 __all__ = ["ListeningRole"]
@@ -28,6 +34,8 @@ class ListeningRole:
         self.address: tuple[str, int] | None = None
         self._listener: TracedSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.accepted_count = 0
+        self.finished = Completions()
 
     async def start(self) -> None:
         self._listener = TracedSocket.listen(self.trace, self.actor, port=self.port)
@@ -52,6 +60,8 @@ class ListeningRole:
         assert self._listener is not None
         while True:
             conn = await self._listener.accept()
+            conn.accept_index = self.accepted_count
+            self.accepted_count += 1
             self.accepted(conn)
             self.spawn(self.serve(conn))
 
@@ -60,3 +70,30 @@ class ListeningRole:
 
     async def serve(self, conn: TracedSocket) -> None:
         raise NotImplementedError
+
+    def finish(self, conn: TracedSocket, summary: dict[str, Any]) -> None:
+        """Publish what happened to ``conn`` (call once it is closed)."""
+        summary.setdefault("conn", conn.conn)
+        self.finished.publish(conn.conn, summary)
+        self.finished.publish(f"#{conn.accept_index}", summary)
+
+    def conclude(self, conn: TracedSocket, summary: dict[str, Any]) -> None:
+        """Close ``conn`` if it is still open, add how it ended on the wire to ``summary``
+        (bytes unread at the close, the FIN/RST sent) and publish it."""
+        if not conn.closed:
+            conn.close()
+        summary.update(unread=conn.close_unread, sent="+".join(conn.ends_sent) or "-")
+        self.finish(conn, summary)
+
+    def note(self, conn: TracedSocket, text: str) -> None:
+        """Record an HTTP-level event (a request, a response, a decision) on ``conn``."""
+        self.trace.record(self.actor, "http", conn=conn.conn, detail=text)
+
+    def gave_up(self, conn: TracedSocket, summary: dict[str, Any], exc: Exception) -> None:
+        """Note the socket or protocol error that ended ``conn``."""
+        summary["ended_by"] = errno_name(exc) if isinstance(exc, OSError) else f"protocol error: {exc}"
+        self.note(conn, f"gave up: {summary['ended_by']}")
+
+    async def summary_of(self, index: int, timeout: float) -> dict[str, Any]:
+        """The summary of the ``index``-th connection accepted, once it is done."""
+        return await self.finished.wait(f"#{index}", timeout)

@@ -6,10 +6,16 @@ them the way the settings say:
 * idle for ``server.keepalive_timeout`` between requests: ``close()`` (a FIN; nothing is
   unread), the race of lab 02: the idle timer starts when the response has been written;
 * a request whose Content-Length exceeds ``server.max_request_bytes``: ``413`` with
-  Connection: close at once, without reading the body, then ``server.close_mode`` (see
-  :mod:`lablib.closing`), the race of lab 01;
+  Connection: close at once, without reading the body (even when the client sent
+  ``Expect: 100-continue`` and waits), then ``server.close_mode`` (see :mod:`lablib.closing`),
+  the race of lab 01; a request within the limit that expects it gets ``100 Continue``;
 * the ``server.max_requests_per_connection``-th response carries Connection: close, and
   the server closes after it.
+
+Each connection's summary (see :class:`~lablib.roles.base.ListeningRole`) gives the statuses
+sent, the bytes unread at the final close, the FIN/RST its calls sent, and, after an early
+response, how long the connection was held open and how many bytes were read and discarded:
+the price of the delayed and lingering modes.
 
 Not covered: pipelining beyond what h11 buffers, request bodies that are neither
 Content-Length nor chunked framed, TLS.
@@ -18,14 +24,15 @@ Content-Length nor chunked framed, TLS.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import h11
 
 from ..closing import CLOSE_MODES, end_connection
-from ..http import content_length, describe_request, response_bytes
+from ..http import content_length, continue_bytes, describe_request, response_bytes
 from ..knobs import Config, choice, integer, nbytes, seconds
-from ..sockets import TracedSocket, errno_name
+from ..sockets import TracedSocket
 from ..trace import Trace
 from .base import ListeningRole
 
@@ -60,56 +67,64 @@ class HttpServer(ListeningRole):
         self.config = config
         self.requests = 0
 
-    def _note(self, s: TracedSocket, text: str) -> None:
-        self.trace.record(self.actor, "http", conn=s.conn, detail=text)
-
     async def serve(self, s: TracedSocket) -> None:
         cfg = self.config
         conn = h11.Connection(h11.SERVER)
+        summary: dict[str, Any] = {"statuses": [], "held_ms": 0.0, "discarded": 0, "ended_by": ""}
         served = 0
         try:
             while True:
                 request = await self._next_event(s, conn, idle=True)
                 if not isinstance(request, h11.Request):
+                    summary["ended_by"] = summary["ended_by"] or "client closed"
                     return
-                self._note(s, describe_request(request))
+                self.note(s, describe_request(request))
                 length = content_length(request)
                 if length is not None and length > cfg["server.max_request_bytes"]:
-                    await self._refuse(s, conn)
+                    await self._refuse(s, conn, summary)
                     return
+                if conn.they_are_waiting_for_100_continue:
+                    await s.sendall(continue_bytes(conn))
+                    self.note(s, "100 Continue")
                 body = 0
                 while True:
                     event = await self._next_event(s, conn, idle=False)
                     if isinstance(event, h11.Data):
                         body += len(event.data)
                         if body > cfg["server.max_request_bytes"]:  # chunked, no Content-Length
-                            await self._refuse(s, conn)
+                            await self._refuse(s, conn, summary)
                             return
                     elif isinstance(event, h11.EndOfMessage):
                         break
                     else:
+                        summary["ended_by"] = "client closed mid-request"
                         return
                 served += 1
                 self.requests += 1
                 limit = cfg["server.max_requests_per_connection"]
                 last = bool(limit and served >= limit) or cfg["server.keepalive_timeout"] == 0
                 await s.sendall(response_bytes(conn, 200, BODY, close=last))
-                self._note(s, "200 OK" + (", Connection: close" if last else ""))
+                summary["statuses"].append(200)
+                self.note(s, "200 OK" + (", Connection: close" if last else ""))
                 if conn.our_state is h11.MUST_CLOSE:
                     s.close()
+                    summary["ended_by"] = "Connection: close"
                     return
                 conn.start_next_cycle()
         except (OSError, h11.ProtocolError) as exc:
-            self._note(s, f"gave up: {errno_name(exc) if isinstance(exc, OSError) else exc}")
+            self.gave_up(s, summary, exc)
         finally:
-            if not s.closed:
-                s.close()
+            self.conclude(s, summary)
 
-    async def _refuse(self, s: TracedSocket, conn: h11.Connection) -> None:
+    async def _refuse(self, s: TracedSocket, conn: h11.Connection, summary: dict[str, Any]) -> None:
+        """413 at once, without reading the body, then end the connection by close_mode."""
         cfg = self.config
         await s.sendall(response_bytes(conn, 413, b"request body too large\n", close=True))
-        self._note(s, f"413 before reading the body; ending by {cfg['server.close_mode']}")
-        await end_connection(s, cfg["server.close_mode"], cfg["server.close_timeout"])
+        summary["statuses"].append(413)
+        self.note(s, f"413 before reading the body; ending by {cfg['server.close_mode']}")
+        answered = time.monotonic()
+        how, discarded = await end_connection(s, cfg["server.close_mode"], cfg["server.close_timeout"])
+        summary.update(held_ms=round((time.monotonic() - answered) * 1000, 3), discarded=discarded, ended_by=how)
 
     async def _next_event(self, s: TracedSocket, conn: h11.Connection, idle: bool) -> Any:
         """The next h11 event; None when the client went away or the idle timeout closed it."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 from ..knobs import KnobError
 from .base import Lab, Scenario
 from .close_basics import CloseBasics
+from .early_close import EarlyClose
 
 __all__ = ["Scenario", "Lab", "get", "names", "all_scenarios"]
 
-_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(),)}
+_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose())}
 
 
 def names() -> list[str]:

@@ -11,7 +11,7 @@ Not covered: scenarios whose trials need a loop other than the client's to drive
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..knobs import Config, Knob
 from ..topology import Topology
@@ -29,6 +29,10 @@ class Lab:
     topology: Topology
     deadline: float
     roles: dict[str, Any] = field(default_factory=dict)
+    #: whatever the scenario keeps for its trials (a body to send, a file for curl)
+    state: dict[str, Any] = field(default_factory=dict)
+    #: called when the run ends, whatever happened (remove a temporary file, ...)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     async def start(self, name: str, role: Any, loop: str | None = None) -> Any:
         """Start ``role`` on its own loop (named ``loop``, default ``name``) and keep it as

@@ -36,6 +36,7 @@ from typing import Any
 
 from .. import kernel
 from ..closing import end_connection
+from ..exercises import grade
 from ..knobs import Config, KnobError, choice, integer, nbytes, seconds
 from ..loops import Completions
 from ..roles.base import ListeningRole
@@ -76,7 +77,6 @@ class Closer(ListeningRole):
         super().__init__(trace)
         self.config, self.deadline = config, deadline
         self.accepted_at = Completions()
-        self.finished = Completions()
 
     def accepted(self, conn: TracedSocket) -> None:
         self.accepted_at.publish(conn.conn, (conn.local, conn.remote))
@@ -93,7 +93,7 @@ class Closer(ListeningRole):
             if not s.closed:
                 s.close(detail="server deadline")
             summary.update(unread=s.close_unread, sent="+".join(s.ends_sent))
-            self.finished.publish(s.conn, summary)
+            self.finish(s, summary)
 
     async def _end(self, s: TracedSocket) -> dict[str, Any]:
         cfg = self.config
@@ -110,7 +110,7 @@ class Closer(ListeningRole):
                 got += len(data)
         if cfg["server.reply_bytes"]:
             await s.sendall(b"r" * cfg["server.reply_bytes"])
-        how = await end_connection(s, _END[mode], cfg["close.linger_timeout"])
+        how, _discarded = await end_connection(s, _END[mode], cfg["close.linger_timeout"])
         return {"ended_by": how}
 
 
@@ -187,14 +187,9 @@ def check_prediction(prediction: dict[str, str], config: dict[str, Any], trials:
     """
     from ..runner import run
 
-    blanks = [k for k in ("server_sends", "client_sees") if str(prediction.get(k, "")).strip() in ("", "?", "???")]
-    if blanks:
-        return False, f"Fill in your prediction for {' and '.join(blanks)} first; then this cell runs the experiment."
-    result = run("close-basics", trials, config)
-    measured = {"server_sends": result.trials["server_sent"].mode().iloc[0],
+    def measure() -> dict[str, str]:
+        result = run("close-basics", trials, config)
+        return {"server_sends": result.trials["server_sent"].mode().iloc[0],
                 "client_sees": result.trials["outcome"].mode().iloc[0]}
-    guesses = {"server_sends": str(prediction["server_sends"]).strip().upper(),
-               "client_sees": str(prediction["client_sees"]).strip().lower()}
-    lines = [f"{'right' if guesses[k] == v else 'not quite'}: {k} = {v} (you said {guesses[k]})"
-             for k, v in measured.items()]
-    return guesses == measured, "\n".join(lines)
+
+    return grade(prediction, {"server_sends": str.upper, "client_sees": str.lower}, measure)

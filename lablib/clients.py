@@ -1,0 +1,225 @@
+"""The HTTP clients a lab can drive: the lab's own raw client and real ones.
+
+=========== ================================================================================
+kind        what it is, and what it does when its upload fails (the server reset the
+            connection mid-body)
+=========== ================================================================================
+raw         lablib's own client on a TracedSocket, so its calls are on the ladder. Writes the
+            request head and body in one stream; after a failed write it gives up, or reads
+            the response if ``read_after_write_error``.
+http.client Python's standard library. Writes the head, then the body, in two ``send()``
+            calls; stops at the failed write and raises (BrokenPipeError, ConnectionResetError).
+requests    a requests Session on urllib3 2, which swallows EPIPE and ECONNRESET while
+            sending the body and reads the response anyway (urllib3 connectionpool.py).
+curl        the curl program. Keeps reading after a failed upload. It sends
+            ``Expect: 100-continue`` for large bodies by default; the lab sets the header
+            explicitly from ``expect_continue`` so that every size behaves the same.
+=========== ================================================================================
+
+Each returns a :class:`Reply`: the status (or None), and a short outcome: the status code,
+``reset`` (ECONNRESET or EPIPE before any response), ``closed`` (the connection ended before
+any response), or ``timeout``.
+
+Not covered: chunked uploads, TLS, and clients other than these four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import h11
+
+from .sockets import TracedSocket, errno_name
+from .trace import Trace
+
+__all__ = ["KINDS", "Reply", "post", "available_kinds", "curl_path"]
+
+KINDS = ("raw", "http.client", "requests", "curl")
+TARGET = "/upload"
+#: how long a client that sent Expect: 100-continue waits before it sends the body anyway (curl's default)
+EXPECT_WAIT = 1.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    outcome: str
+    status: int | None = None
+    error: str = ""
+    #: raw client only: request bytes its kernel had taken when the upload ended (or failed)
+    bytes_sent: int | None = None
+
+
+def curl_path() -> str | None:
+    return shutil.which("curl")
+
+
+def available_kinds() -> list[str]:
+    return [k for k in KINDS if k != "curl" or curl_path()]
+
+
+async def post(kind: str, address: tuple[str, int], body: bytes, *, trace: Trace, timeout: float,
+               expect_continue: bool = False, read_after_write_error: bool = False,
+               body_file: str | None = None) -> Reply:
+    """POST ``body`` to ``address`` with client ``kind``; the real clients run in a thread."""
+    if kind == "raw":
+        return await _raw(address, body, trace, timeout, expect_continue, read_after_write_error)
+    if kind == "http.client":
+        return await asyncio.to_thread(_http_client, address, body, timeout)
+    if kind == "requests":
+        return await asyncio.to_thread(_requests, address, body, timeout)
+    if kind == "curl":
+        if body_file is None:
+            raise ValueError("curl needs the body in a file (body_file)")
+        return await asyncio.to_thread(_curl, address, body_file, timeout, expect_continue)
+    raise ValueError(f"client kind {kind!r}: choose one of {', '.join(KINDS)}")
+
+
+# --- raw --------------------------------------------------------------------------------------
+
+async def _raw(address: tuple[str, int], body: bytes, trace: Trace, timeout: float, expect_continue: bool,
+               read_after_write_error: bool) -> Reply:
+    c = await TracedSocket.connect(address, trace, "client")
+    conn = h11.Connection(h11.CLIENT)
+    headers = [(b"host", b"lab"), (b"content-type", b"application/octet-stream"),
+               (b"content-length", str(len(body)).encode())]
+    if expect_continue:
+        headers.append((b"expect", b"100-continue"))
+    head = conn.send(h11.Request(method=b"POST", target=TARGET, headers=headers)) or b""
+    try:
+        if expect_continue:
+            await c.sendall(head)
+            try:  # wait for 100 Continue, or a final response that makes the body unnecessary
+                early = await asyncio.wait_for(_next_response(c, conn, informational=True), EXPECT_WAIT)
+            except TimeoutError:
+                early = None
+            if early is not None and early.status_code >= 200:
+                reply = await _finish(c, conn, early)
+                return Reply(reply.outcome, reply.status, "answered before the body", c.bytes_sent)
+            head = b""
+        payload = head + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        write_error = ""
+        try:
+            await c.sendall(payload)
+        except OSError as exc:
+            write_error = errno_name(exc)
+            if not read_after_write_error:
+                return Reply("reset", error=write_error, bytes_sent=c.bytes_sent)
+        try:
+            response = await asyncio.wait_for(_next_response(c, conn), timeout)
+        except OSError as exc:
+            return Reply("reset", error=errno_name(exc), bytes_sent=c.bytes_sent)
+        if response is None:
+            return Reply("closed", error="EOF before any response", bytes_sent=c.bytes_sent)
+        reply = await _finish(c, conn, response)
+        return Reply(reply.outcome, reply.status, f"write failed first: {write_error}" if write_error else "",
+                     c.bytes_sent)
+    finally:
+        c.close()
+
+
+async def _next_response(c: TracedSocket, conn: h11.Connection, informational: bool = False) -> h11.Response | None:
+    """The next response head (100 Continue too, if ``informational``); None at EOF."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if event is h11.NEED_DATA:
+            data = await c.recv()
+            conn.receive_data(data)
+            continue
+        if isinstance(event, h11.InformationalResponse) and informational:
+            return event  # type: ignore[return-value]
+        if isinstance(event, h11.Response):
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+async def _finish(c: TracedSocket, conn: h11.Connection, response: h11.Response) -> Reply:
+    """Read the rest of the response (what a client does before it reports the status)."""
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await c.recv())
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+    except (OSError, h11.ProtocolError):
+        pass  # the status line arrived: that is what the client reports
+    return Reply(str(response.status_code), response.status_code)
+
+
+# --- real clients (blocking, run in a thread) -----------------------------------------------
+
+def _http_client(address: tuple[str, int], body: bytes, timeout: float) -> Reply:
+    conn = http.client.HTTPConnection(*address, timeout=timeout)
+    try:
+        conn.request("POST", TARGET, body=body, headers={"Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        response.read()
+        return Reply(str(response.status), response.status)
+    except http.client.RemoteDisconnected:
+        return Reply("closed", error="RemoteDisconnected")
+    except TimeoutError:
+        return Reply("timeout", error="timeout")
+    except OSError as exc:
+        return Reply("reset", error=errno_name(exc))
+    finally:
+        conn.close()
+
+
+def _requests(address: tuple[str, int], body: bytes, timeout: float) -> Reply:
+    import requests
+
+    with requests.Session() as session:
+        try:
+            response = session.post(f"http://{address[0]}:{address[1]}{TARGET}", data=body, timeout=timeout,
+                                    headers={"Content-Type": "application/octet-stream"})
+            return Reply(str(response.status_code), response.status_code)
+        except requests.Timeout:
+            return Reply("timeout", error="timeout")
+        except requests.ConnectionError as exc:
+            cause = _socket_error(exc)
+            if isinstance(cause, http.client.RemoteDisconnected):
+                return Reply("closed", error="RemoteDisconnected")
+            return Reply("reset", error=errno_name(cause))
+
+
+def _socket_error(exc: BaseException) -> BaseException:
+    """The socket-level error inside a requests exception (urllib3 wraps it in ProtocolError
+    or MaxRetryError, as an argument, a ``reason`` or a cause)."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, http.client.RemoteDisconnected) or (isinstance(e, OSError) and e.errno):
+            return e
+        todo += [x for x in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+                 if isinstance(x, BaseException)]
+    return exc
+
+
+#: curl exit codes that mean the connection failed, and what they mean here
+_CURL_EXIT = {52: "closed", 55: "reset", 56: "reset", 28: "timeout"}
+
+
+def _curl(address: tuple[str, int], body_file: str, timeout: float, expect_continue: bool) -> Reply:
+    argv = [curl_path() or "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", f"{timeout:g}",
+            "-H", "Content-Type: application/octet-stream",
+            "-H", "Expect: 100-continue" if expect_continue else "Expect:",
+            "--data-binary", f"@{body_file}", f"http://{address[0]}:{address[1]}{TARGET}"]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5)
+    except subprocess.TimeoutExpired:
+        return Reply("timeout", error="curl did not exit")
+    code = out.stdout.strip()
+    if code.isdigit() and code != "000":
+        return Reply(code, int(code))
+    return Reply(_CURL_EXIT.get(out.returncode, f"curl exit {out.returncode}"), error=out.stderr.strip()[:200])

@@ -1,0 +1,182 @@
+"""The Envoy-like proxy: what it forwards, what it answers itself, and outside clients through
+``serve server`` and ``serve proxy`` running as real processes."""
+
+import http.client
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from lablib.knobs import Config
+from lablib.roles.proxy import PROXY_KNOBS, HttpProxy
+from lablib.topology import Topology
+from lablib.trace import Trace
+
+BIG = 8 * 1024 * 1024
+
+
+class RecordingUpstream:
+    """A bare upstream on a thread: keeps each request head it receives and answers 200."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.address = self.listener.getsockname()
+        self.heads = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.heads.append(data.split(b"\r\n\r\n")[0].decode().lower())
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+
+    def close(self):
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def upstream():
+    up = RecordingUpstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def proxy_to(upstream):
+    with Topology(Trace()) as topo:
+        yield topo.start_now(HttpProxy(topo.trace, Config(PROXY_KNOBS, {}), upstream.address), "proxy")
+
+
+def test_requests_pass_through_and_the_downstream_connection_stays_open(upstream, proxy_to):
+    conn = http.client.HTTPConnection(*proxy_to.address, timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/", headers={"Connection": "keep-alive, x-hop", "X-Hop": "1", "X-End": "2"})
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"ok\n")
+        assert response.getheader("connection") is None  # the upstream's close is its own hop's
+    conn.close()
+    assert len(upstream.heads) == 3  # one upstream connection per request
+    head = upstream.heads[0]
+    assert "x-end: 2" in head and "x-hop" not in head and "keep-alive" not in head
+
+
+def test_the_proxy_answers_expect_100_continue_itself_and_does_not_forward_it(upstream, proxy_to):
+    with socket.create_connection(proxy_to.address, timeout=5) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(1000).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(b"hello")
+        assert b"200 OK" in s.recv(1000)
+    assert "expect" not in upstream.heads[0]
+
+
+def test_an_upstream_that_refuses_connections_gets_a_503():
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        address = closed.getsockname()
+    with Topology(Trace()) as topo:
+        proxy = topo.start_now(HttpProxy(topo.trace, Config(PROXY_KNOBS, {}), address), "proxy")
+        conn = http.client.HTTPConnection(*proxy.address, timeout=5)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert response.status == 503 and b"connection failure" in response.read()
+        conn.close()
+
+
+def test_a_proxy_needs_an_upstream():
+    with pytest.raises(ValueError, match="proxy.upstream is not set"):
+        HttpProxy(Trace(), Config(PROXY_KNOBS, {}))
+
+
+# --- outside clients through `serve server` and `serve proxy` ------------------------------
+
+def serve(*args):
+    proc = subprocess.Popen([sys.executable, "-m", "lablib", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+    proc.stdout.readline()
+    return proc, int(match.group(1))
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+def post_http_client(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("POST", "/upload", body=b"x" * BIG)
+        response = conn.getresponse()
+        response.read()
+        return str(response.status)
+    except OSError as exc:
+        return type(exc).__name__
+    finally:
+        conn.close()
+
+
+def post_curl(port, body_file):
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", f"@{body_file}",
+                          f"http://127.0.0.1:{port}/upload"], capture_output=True, text=True, timeout=30)
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def early_413_server():
+    proc, port = serve("server", "--set", "server.max_request_bytes=1024", "--set", "server.close_mode=close")
+    yield port
+    stop(proc)
+
+
+@pytest.mark.parametrize("read_on, expected, at_least", [("off", "503", 18), ("on", "413", 19)])
+def test_outside_clients_through_serve_proxy_see_the_503_or_with_the_fix_the_413(early_413_server, tmp_path,
+                                                                                  read_on, expected, at_least):
+    proc, port = serve("proxy", "--set", f"proxy.upstream=127.0.0.1:{early_413_server}",
+                       "--set", f"proxy.read_response_on_write_error={read_on}")
+    try:
+        got = [post_http_client(port) for _ in range(20)]
+        assert got.count(expected) >= at_least, got
+        if shutil.which("curl"):
+            body = tmp_path / "body"
+            body.write_bytes(b"x" * BIG)
+            got = [post_curl(port, body) for _ in range(20)]
+            assert got.count(expected) >= at_least, got
+    finally:
+        stop(proc)
+
+
+def test_directly_against_serve_server_http_client_is_reset_and_curl_gets_the_413(early_413_server, tmp_path):
+    got = [post_http_client(early_413_server) for _ in range(20)]
+    assert sum(g in ("ConnectionResetError", "BrokenPipeError") for g in got) >= 19, got
+    if shutil.which("curl"):
+        body = tmp_path / "body"
+        body.write_bytes(b"x" * BIG)
+        assert [post_curl(early_413_server, body) for _ in range(10)] == ["413"] * 10
+
+
+def test_serve_proxy_without_an_upstream_says_what_to_set():
+    out = subprocess.run([sys.executable, "-m", "lablib", "serve", "proxy"], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "proxy.upstream is not set" in out.stderr and out.stderr.count("\n") == 1
