@@ -1,6 +1,6 @@
 """Remake the reference runs in data/: real runs of each lab with a packet capture.
 
-    sudo .venv/bin/python data/make_reference.py      # needs CAP_NET_RAW (see: python -m lablib doctor)
+    sudo .venv/bin/python data/make_reference.py [SCENARIO ...]   # needs CAP_NET_RAW (see: doctor)
 
 Each variant is written as data/<scenario>/<variant>.json (a lablib Result archive: settings,
 trials, kernel counter deltas, every traced call, every captured segment) and .pcap (the same
@@ -36,11 +36,19 @@ VARIANTS = {
         "proxy-close": (2, {"topology": "proxy"}),
         "proxy-lingering": (2, {"topology": "proxy", "server.close_mode": "lingering"}),
     },
+    "keepalive-reuse": {
+        "fin-in-flight": (3, {"client.check_before_reuse": "on", "wire.delay": 0.01, "client.idle_gap": 0.09}),
+        "late-reuse": (3, {"client.idle_gap": 0.11}),
+    },
 }
 
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    unknown = [a for a in argv if a not in VARIANTS]
+    if unknown:
+        print(f"make_reference: unknown scenario {unknown[0]!r}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
     support = probe()
     if not support:
         print(f"make_reference: packet capture is {support.reason}", file=sys.stderr)
@@ -49,6 +57,8 @@ def main() -> int:
 
     stamp = datetime.date.today().isoformat()
     for scenario, variants in VARIANTS.items():
+        if argv and scenario not in argv:
+            continue
         (DATA / scenario).mkdir(exist_ok=True)
         for variant, (trials, knobs) in variants.items():
             result = lablib.run(scenario, trials, knobs, capture=True)
@@ -61,4 +71,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -12,6 +12,10 @@ direct and through the proxy, with a plain close (the race) and a lingering clos
 the figure is trials per second, each trial a fresh connection, a whole upload and the
 server's (and proxy's) close.
 
+For keepalive-reuse, the figure is the wall time of one sweep point: 200 trials side by
+side on separate connections (their starts 10 ms apart), each a request, an idle gap of about
+the server's 100 ms keep-alive timeout, and a reuse, through a 5 ms delay line.
+
 Not covered: the later labs' scenarios (each adds its figure here when it lands).
 """
 
@@ -30,7 +34,8 @@ from .runner import run
 from .scenarios.close_basics import MODES
 from .tcpinfo import TCP_INFO_BUFFER
 
-__all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "format_bench", "format_early_close"]
+__all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "bench_keepalive_reuse", "format_bench",
+           "format_early_close", "format_keepalive_reuse"]
 
 REQUEST = b"q" * 1000
 REPLY = b"r" * 100
@@ -136,4 +141,23 @@ def format_early_close(report: dict[str, Any]) -> str:
         body = "8 MiB" if r["body_bytes"] == 8 * 1024**2 else "1 KiB"
         outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if v)
         lines.append(f"  {r['topology']:<8} {r['server.close_mode']:<10} {body:>7} {r['trials_per_s']:>9}  {outcomes}")
+    return "\n".join(lines)
+
+
+def bench_keepalive_reuse(trials: int = 200) -> dict[str, Any]:
+    rows = []
+    for offset in (-0.010, 0.0, 0.010):
+        result = run("keepalive-reuse", trials, {"client.idle_gap": 0.1 + offset, "wire.delay": 0.005,
+                                                 "client.check_before_reuse": "on"})
+        rows.append({"offset_ms": round(offset * 1000), "wall_s": round(result.elapsed_s, 2),
+                     "outcomes": result.outcomes})
+    return {"scenario": "keepalive-reuse", "trials": trials, "rows": rows}
+
+
+def format_keepalive_reuse(report: dict[str, Any]) -> str:
+    lines = [f"keepalive-reuse: one sweep point = {report['trials']} trials side by side, raw client checking "
+             "before reuse, 5 ms each way, keep-alive 100 ms"]
+    for r in report["rows"]:
+        outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if v)
+        lines.append(f"  offset {r['offset_ms']:+d} ms: {r['wall_s']:.2f} s  ({outcomes})")
     return "\n".join(lines)

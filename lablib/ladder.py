@@ -28,6 +28,8 @@ __all__ = ["Segment", "Mark", "infer_segments", "observed_segments", "marks", "m
            "describe"]
 
 _RESET_ERRORS = ("ECONNRESET", "EPIPE")
+#: errors that show a connection was reset, also where no RST of ours explains it
+_RESET_EVIDENCE = _RESET_ERRORS + ("ENOTCONN",)
 #: lanes left to right: the client, then hops toward the server
 _LANE_RANK = {"client": 0, "wire": 1, "proxy": 2, "wire2": 3, "server": 4}
 
@@ -157,7 +159,7 @@ def _direction(conn: str, evs: list[Event], src: str, dst: str) -> list[Segment]
             out.append(Segment("RST", src, dst, e.t_ns, seen, "RST", conn, cause=why))
     # a reset dst met that none of src's calls sent: src's kernel answered data for a closed socket
     if not rst_sent:
-        failed = next((x for x in theirs if x.result in _RESET_ERRORS), None)
+        failed = next((x for x in theirs if x.result in _RESET_EVIDENCE), None)
         closed = next((e for e in mine if e.op in ("close", "abort")), None)
         if failed is not None and closed is not None and closed.t_ns <= failed.t_ns:
             trigger = [x for x in theirs if x.op == "send" and x.result == "ok" and closed.t_ns <= x.t_ns <= failed.t_ns]

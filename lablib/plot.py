@@ -235,18 +235,26 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
 
 def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str = "share of trials",
           title: str | None = None, log_x: bool = False, markers: Iterable[tuple[float, str]] = (),
-          percent: bool = True, x_format: Any = None, theory: Mapping[str, Sequence[float]] | None = None) -> Figure:
+          percent: bool = True, x_format: Any = None, theory: Mapping[str, Sequence[float]] | None = None,
+          ax: Any = None) -> Figure:
     """Curves over a swept knob: ``series`` maps a label to one y per x (rates, by default
     drawn as percentages); ``theory`` curves are drawn dashed; ``markers`` are vertical lines
-    with a label, e.g. a buffer size."""
-    fig = LabFigure(figsize=(8.5, 4.2))
-    ax = fig.add_subplot()
+    with a label, e.g. a buffer size. With ``ax``, draws there (one panel of a larger figure)."""
+    if ax is None:
+        fig = LabFigure(figsize=(8.5, 4.2))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
     palette = iter(["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037"])
+    colors: dict[str, str] = {}
     for label, ys in series.items():
         known = [OUTCOME_COLORS[w] for w in label.split() if w in OUTCOME_COLORS]
-        ax.plot(x, ys, marker="o", lw=2, color=known[0] if known else next(palette), label=label)
+        colors[label] = known[0] if known else next(palette)
+        ax.plot(x, ys, marker="o", lw=2, color=colors[label], label=label)
     for label, ys in (theory or {}).items():
-        ax.plot(x, ys, lw=1.5, ls="--", color="#455a64", label=label)
+        # a theory curve takes the colour of the measured series whose name it contains
+        twin = max((s for s in colors if s in label), key=len, default=None)
+        ax.plot(x, ys, lw=1.5, ls="--", drawstyle="steps-mid", color=colors.get(twin, "#455a64"), label=label)
     for at, text in markers:
         ax.axvline(at, color="#90a4ae", lw=1, ls=":")
         ax.text(at, 0.5, text, rotation=90, va="center", ha="center", fontsize=8, color="#546e7a",

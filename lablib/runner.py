@@ -13,11 +13,14 @@ Not covered: running a scenario against a remote host (everything binds 127.0.0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import math
 import queue
+import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
@@ -59,7 +62,8 @@ class _Run:
     def execute(self) -> Result:
         cleanups: list[Callable[[], None]] = []
         try:
-            return self._in_topology(Trace(), cleanups)
+            with _steady_timing():
+                return self._in_topology(Trace(), cleanups)
         finally:  # after the roles stopped and the clients' threads were joined
             for cleanup in cleanups:
                 cleanup()
@@ -140,6 +144,42 @@ class _Run:
         if before is not None:
             row.update(kernel.delta(before, kernel.read_counters()))
         self.inbox.put(row)
+
+
+_timing_lock = threading.Lock()
+_timing_depth = 0
+_saved_switch_interval = 0.005
+#: how long a thread may hold the GIL while another waits (CPython's default is 5 ms)
+SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def _steady_timing() -> Iterator[None]:
+    """Keep the interpreter from stalling the roles' loops during a run.
+
+    Roles share one interpreter, so a pause of it is a pause of every role: a timer fires
+    late, a race window shifts. Two pauses are large enough to matter: a full (generation 2)
+    garbage collection, which walks every object in the process (27 ms was measured in a
+    notebook-sized heap), and the 5 ms a thread may wait for another to hand over the GIL.
+    So the run starts with one collection and freezes what exists (later collections skip it),
+    and hands the GIL over every 0.5 ms. Both are undone when the last run in flight ends.
+    """
+    global _timing_depth, _saved_switch_interval
+    with _timing_lock:
+        if _timing_depth == 0:
+            gc.collect()
+            gc.freeze()
+            _saved_switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        _timing_depth += 1
+    try:
+        yield
+    finally:
+        with _timing_lock:
+            _timing_depth -= 1
+            if _timing_depth == 0:
+                sys.setswitchinterval(_saved_switch_interval)
+                gc.unfreeze()
 
 
 def _listening_ports(lab: Lab) -> set[int]:

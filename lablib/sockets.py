@@ -264,6 +264,15 @@ class TracedSocket:
             return -1
         return buf[0]
 
+    def readable_now(self) -> bool:
+        """A zero-timeout poll, as urllib3's ``is_connection_dropped`` does before it reuses a
+        pooled connection: True if data, an EOF or an error is waiting. Recorded as a ``state``
+        event, since it is a call whose answer decides what the client does next."""
+        readable = bool(select.select([self.sock], [], [], 0)[0])
+        self._record("state", state=self.tcp_state(),
+                     detail="poll before reuse: " + ("readable (FIN or data waiting)" if readable else "nothing"))
+        return readable
+
     def tcp_info(self) -> dict[str, Any]:
         """TCP_INFO of this socket, every field this kernel provides (see :mod:`lablib.tcpinfo`)."""
         return parse_tcp_info(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BUFFER))

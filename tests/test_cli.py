@@ -140,3 +140,6 @@ def test_bench_reports_lablib_and_bare_sockets_side_by_side():
     assert {(r["topology"], r["server.close_mode"]) for r in early["rows"]} == {
         ("direct", "close"), ("direct", "lingering"), ("proxy", "close"), ("proxy", "lingering")}
     assert all(r["trials_per_s"] > 0 and sum(r["outcomes"].values()) == 10 for r in early["rows"])
+    keepalive = report["keepalive-reuse"]
+    assert [r["offset_ms"] for r in keepalive["rows"]] == [-10, 0, 10]
+    assert all(r["wall_s"] > 0 and sum(r["outcomes"].values()) == 10 for r in keepalive["rows"])

@@ -18,8 +18,10 @@ read everything first would hide resets (toxiproxy#72); this one keeps them. The
 still a TCP endpoint, as any proxy is: it acknowledges data itself, so a sender's kernel learns
 of a reset beyond it only when the delay line passes the reset on.
 
-Times are kept by the event loop, so each delay is accurate to about a millisecond (epoll
-waits in whole milliseconds). Not covered: loss, reordering, bandwidth limits, and a delay
+Each item leaves within half a millisecond of when it is due (see
+:func:`lablib.loops.sleep_until`); what the delay line cannot see is how long the data waited
+in its own receive queue before its reader woke, which under load adds a fraction of a
+millisecond more. Not covered: loss, reordering, bandwidth limits, and a delay
 that differs between the two directions.
 """
 
@@ -30,7 +32,7 @@ import collections
 import time
 from dataclasses import dataclass, field
 
-from ..loops import Completions
+from ..loops import Completions, sleep_until
 from ..sockets import TracedSocket, errno_name
 from ..trace import Trace
 from .base import ListeningRole
@@ -145,9 +147,7 @@ class _Link:
     async def write(self, d: _Direction) -> None:
         while (item := await d.take()) is not None:
             due, kind, data = item
-            pause = due - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
+            await sleep_until(due)
             try:
                 if kind == "data":
                     await d.dst.sendall(data)
@@ -190,6 +190,12 @@ class DelayLine(ListeningRole):
         """The upstream connection that relays downstream connection ``conn``."""
         return await self.links.wait(conn, timeout)
 
+    async def relayed(self, conn: str, timeout: float) -> None:
+        """Wait until downstream connection ``conn`` is relayed to its end, both ways: a trial
+        that ends earlier would miss what its last segments still cause (an RST from the far
+        side, a kernel counter moving)."""
+        await self.finished.wait(conn, timeout)
+
     async def serve(self, down: TracedSocket) -> None:
         try:
             up = await TracedSocket.connect(self.upstream, self.trace, self.actor)
@@ -204,3 +210,4 @@ class DelayLine(ListeningRole):
         self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
         self.links.publish(down.conn, up.conn)
         await _Link(down, up, self).run()
+        self.finish(down, {"upstream": up.conn})  # all relayed: whatever it caused has happened

@@ -6,10 +6,11 @@ from ..knobs import KnobError
 from .base import Lab, Scenario
 from .close_basics import CloseBasics
 from .early_close import EarlyClose
+from .keepalive_reuse import KeepaliveReuse
 
 __all__ = ["Scenario", "Lab", "get", "names", "all_scenarios"]
 
-_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose())}
+_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose(), KeepaliveReuse())}
 
 
 def names() -> list[str]:

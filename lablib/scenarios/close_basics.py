@@ -166,6 +166,8 @@ class CloseBasics(Scenario):
         finally:
             c.close()
         summary = await server.finished.wait(server_conn, lab.deadline)
+        if wire:
+            await wire.relayed(c.conn, lab.deadline)
         failed = next((w for w in writes if w != "ok"), None)
         return {
             "outcome": failed.lower() if failed else read_end,

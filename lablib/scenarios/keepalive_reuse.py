@@ -1,0 +1,364 @@
+"""Lab 02, keep-alive reuse: a request sent into a connection the server is closing
+(envoy#13388: an ALB's 502 when traffic drops; Python's RemoteDisconnected).
+
+A client sends a request, gets the response, stays idle for ``client.idle_gap``, then reuses
+the connection for a second request. The server closes a connection that has been idle for
+``server.keepalive_timeout``; its timer starts when it has written the response. Between
+them, ``wire.delay`` each way (a delay line; none when 0).
+
+The server closes at K after its response; the response reaches the client d later; the
+client sends at d + gap; the request reaches the server at 2d + gap. So with no check the
+request meets a closed socket once gap > K - 2d (offset = gap - K > -RTT). A check before
+reuse sees the FIN once it has arrived, at K + d, so only reuses with -RTT < offset < 0 fail:
+the FIN is on its way while the request is on its way the other way. :func:`theory_failure`
+is that rule.
+
+Outcomes: ``ok``; ``retried-ok`` (the request failed and was retried on a new connection,
+which worked); ``stale`` (EOF before any response: Python's RemoteDisconnected); ``reset``
+(ECONNRESET); ``timeout``.
+
+Trials run side by side, each on its own connections, their starts 10 ms apart so that the
+interpreter all roles share never falls behind (see ``START_SPACING``).
+
+Not covered: pipelining, HTTP/2 GOAWAY (the protocol fix HTTP/1.1 lacks), curl (its reuse
+interval can only be set in whole requests per second; it checks before reuse, like urllib3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import http.client
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+from ..knobs import Config, KnobError, choice, seconds
+from ..loops import sleep_until
+from ..pool import RETRY_POLICIES, reuse_decision, should_retry
+from ..roles.delayline import DelayLine
+from ..roles.server import SERVER_KNOBS, HttpServer
+from ..sockets import TracedSocket, errno_name
+from ..trace import Trace
+from .base import Lab, Scenario
+
+__all__ = ["KeepaliveReuse", "theory_failure", "KNOBS"]
+
+KINDS = ("raw", "http.client", "requests")
+#: how far apart trial starts are spread: 200 trials then take about two seconds. Closer (2 to
+#: 5 ms) keeps the one interpreter busy enough that loops wake milliseconds late and the race
+#: window smears (measured); 10 ms keeps the window's edges within about a millisecond.
+START_SPACING = 0.01
+#: threads for the blocking clients: enough for trials side by side, few enough that they do
+#: not crowd the server's loop off the interpreter (its keep-alive timer must fire on time)
+CLIENT_THREADS = 12
+TARGET = "/"
+POST_BODY = b"x" * 100
+
+#: the server's knobs that matter here; a 100 ms keep-alive keeps the lab quick
+_SERVER = tuple(dataclasses.replace(k, default=0.1) if k.name == "server.keepalive_timeout" else k
+                for k in SERVER_KNOBS if k.name in ("server.keepalive_timeout", "server.max_requests_per_connection"))
+
+
+KNOBS = (
+    choice("client.kind", "raw", KINDS, "The client that reuses the connection",
+           models="your HTTP client's connection pool"),
+    choice("client.method", "GET", ("GET", "POST"), "The method of both requests (POST is not idempotent)"),
+    seconds("client.idle_gap", 0.11, "How long the client stays idle between the response and its next request",
+            high=10.0, models="time between two requests that share a pooled connection"),
+    seconds("client.idle_timeout", 0.0, "raw: drop a pooled connection idle longer than this (0: never)",
+            high=3600.0, models="Go IdleConnTimeout; Envoy cluster idle_timeout; ALB idle timeout",
+            real_default="Go 90 s; Envoy 1 h; ALB 60 s"),
+    choice("client.check_before_reuse", "auto", ("auto", "on", "off"),
+           "Poll an idle connection before reusing it (auto: what the client does: raw off, http.client off, "
+           "requests on)", models="urllib3 is_connection_dropped", real_default="on in urllib3"),
+    choice("client.retry", "none", RETRY_POLICIES,
+           "Retry a request that failed before any response: never, if idempotent, or by Go's rules",
+           models="requests with a mounted urllib3 Retry; RFC 9110 section 9.2.2; Go shouldRetryRequest",
+           real_default="none in requests"),
+    *_SERVER,
+    seconds("wire.delay", 0.0, "One-way delay between client and server, added by a delay line (0: direct)",
+            high=1.0, models="the network's one-way latency"),
+)
+
+
+def theory_failure(offset: float, rtt: float, *, check_before_reuse: bool, retry: str = "none",
+                   method: str = "GET", idle_timeout: float = 0.0, keepalive: float = 0.1,
+                   max_requests: int = 0) -> bool:
+    """Whether the second request fails, by the timeline in this module's docstring.
+
+    ``offset`` is idle_gap - keepalive_timeout and ``rtt`` twice the one-way delay."""
+    gap = keepalive + offset
+    if max_requests == 1 or (idle_timeout and gap > idle_timeout):
+        return False  # the client never reuses this connection
+    fails = -rtt < offset < 0 if check_before_reuse else offset > -rtt
+    if fails and retry != "none" and should_retry(retry, method=method, reused=True, nothing_written=False):
+        return False  # retried on a new connection, which works
+    return fails
+
+
+class KeepaliveReuse(Scenario):
+    name = "keepalive-reuse"
+    title = "Keep-alive reuse against the idle timeout"
+    knobs = KNOBS
+    outcomes = ("ok", "retried-ok", "stale", "reset")
+    default_trials = 50
+    default_deadline = 30.0
+    parallel_ok = True
+    notebook = "02_keepalive_reuse.ipynb"
+
+    def validate(self, config: Config) -> None:
+        kind = config["client.kind"]
+        check = config["client.check_before_reuse"]
+        if kind == "http.client":
+            if check == "on":
+                raise KnobError("client.check_before_reuse=on: http.client does not check before reuse; "
+                                "use client.kind=raw or requests")
+            if config["client.retry"] != "none":
+                raise KnobError("client.retry: http.client does not retry; use client.kind=raw or requests")
+        if kind == "requests":
+            if check == "off":
+                raise KnobError("client.check_before_reuse=off: requests (urllib3) always checks before reuse; "
+                                "use client.kind=raw to turn it off")
+            if config["client.retry"] == "go":
+                raise KnobError("client.retry=go: requests retries as urllib3's Retry does (idempotent); "
+                                "use client.kind=raw for Go's rules")
+        if kind != "raw" and config["client.idle_timeout"]:
+            raise KnobError(f"client.idle_timeout: {kind} has no idle timeout for pooled connections; "
+                            "use client.kind=raw")
+
+    async def setup(self, lab: Lab) -> None:
+        cfg = lab.config
+        server = await lab.start("server", HttpServer(lab.trace, cfg.subset(SERVER_KNOBS, "the server")))
+        if cfg["wire.delay"] > 0:
+            await lab.start("wire", DelayLine(lab.trace, server.address, cfg["wire.delay"]))
+        if cfg["client.kind"] != "raw":  # blocking clients run in threads
+            asyncio.get_running_loop().set_default_executor(
+                concurrent.futures.ThreadPoolExecutor(max_workers=CLIENT_THREADS, thread_name_prefix="lablib-client"))
+
+    async def trial(self, lab: Lab, index: int) -> dict[str, Any]:
+        await asyncio.sleep(index * START_SPACING)  # spread the load, not a synchronisation
+        cfg = lab.config
+        target = (lab.roles.get("wire") or lab.roles["server"]).address
+        kind = cfg["client.kind"]
+        if kind == "raw":
+            result = await _raw(target, cfg, lab.trace)
+            wire: DelayLine | None = lab.roles.get("wire")
+            for conn in result.conns if wire else ():
+                await wire.relayed(conn, lab.deadline)
+        elif kind == "http.client":
+            result = await asyncio.to_thread(_http_client, target, cfg, lab.deadline)
+        else:
+            result = await asyncio.to_thread(_requests, target, cfg, lab.deadline)
+        return {"outcome": result.outcome, "second_connection": result.second_connection,
+                "idle_ms": round(result.idle_s * 1000, 2),
+                "offset_ms": round((cfg["client.idle_gap"] - cfg["server.keepalive_timeout"]) * 1000, 2),
+                "client_error": result.error or "-"}
+
+
+@dataclass
+class Second:
+    """How the second request went."""
+
+    outcome: str
+    second_connection: str
+    idle_s: float
+    error: str = ""
+    #: raw client only: the names of the connections it used
+    conns: tuple[str, ...] = ()
+
+
+class _Failed(Exception):
+    def __init__(self, kind: str, error: str, nothing_written: bool) -> None:
+        super().__init__(f"{kind}: {error}")
+        self.kind, self.error, self.nothing_written = kind, error, nothing_written
+
+
+class _RawConnection:
+    """One HTTP/1.1 client connection on a TracedSocket, framed by h11."""
+
+    def __init__(self, sock: TracedSocket) -> None:
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.server_said_close = False
+
+    @classmethod
+    async def open(cls, address: tuple[str, int], trace: Trace) -> "_RawConnection":
+        return cls(await TracedSocket.connect(address, trace, "client"))
+
+    async def request(self, method: str) -> int:
+        """Send one request and read its response; the status, or _Failed."""
+        body = POST_BODY if method == "POST" else b""
+        headers = [(b"host", b"lab"), (b"content-length", str(len(body)).encode())]
+        data = self.h11.send(h11.Request(method=method, target=TARGET, headers=headers)) or b""
+        data += (self.h11.send(h11.Data(data=body)) or b"") if body else b""
+        data += self.h11.send(h11.EndOfMessage()) or b""
+        try:
+            await self.sock.sendall(data)
+        except OSError as exc:
+            raise _Failed("reset", errno_name(exc), nothing_written=self.sock.bytes_sent == 0) from None
+        status = None
+        try:
+            while True:
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    self.h11.receive_data(await self.sock.recv())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    self.server_said_close = any(n == b"connection" and b"close" in v.lower()
+                                                 for n, v in event.headers)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise _Failed("stale", "EOF before any response", nothing_written=False)
+        except h11.RemoteProtocolError:
+            raise _Failed("stale", "EOF before any response", nothing_written=False) from None
+        except OSError as exc:
+            raise _Failed("reset", errno_name(exc), nothing_written=False) from None
+        if status is None:
+            raise _Failed("stale", "EOF before any response", nothing_written=False)
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        return status
+
+
+async def _raw(address: tuple[str, int], cfg: Config, trace: Trace) -> Second:
+    method = cfg["client.method"]
+    used: list[str] = []
+
+    async def open_() -> _RawConnection:
+        opened = await _RawConnection.open(address, trace)
+        used.append(opened.sock.conn)
+        return opened
+
+    conn = await open_()
+    try:
+        await conn.request(method)
+        answered = time.monotonic()
+        await sleep_until(answered + cfg["client.idle_gap"])  # the knob under study: the client is idle
+        idle = time.monotonic() - answered
+        checked = cfg["client.check_before_reuse"] == "on"
+        readable = conn.sock.readable_now() if checked else False
+        reuse, why = reuse_decision(server_said_close=conn.server_said_close, idle_s=idle,
+                                    idle_timeout=cfg["client.idle_timeout"], checked=checked, readable=readable)
+        trace.record("client", "note", conn=conn.sock.conn, detail=why)
+        if not reuse:
+            conn.sock.close()
+            conn = await open_()
+        try:
+            await conn.request(method)
+            return Second("ok", why, idle, conns=tuple(used))
+        except _Failed as failed:
+            trace.record("client", "note", conn=conn.sock.conn, result=failed.error,
+                         detail=f"request failed: {failed.kind}")
+            if not should_retry(cfg["client.retry"], method=method, reused=reuse,
+                                nothing_written=failed.nothing_written):
+                return Second(failed.kind, why, idle, failed.error, tuple(used))
+            conn.sock.close()
+            conn = await open_()
+            await conn.request(method)
+            return Second("retried-ok", why, idle, failed.error, tuple(used))
+    finally:
+        conn.sock.close()
+
+
+def _http_client(address: tuple[str, int], cfg: Config, deadline: float) -> Second:
+    method, body = cfg["client.method"], POST_BODY if cfg["client.method"] == "POST" else None
+    conn = http.client.HTTPConnection(*address, timeout=deadline)
+    try:
+        conn.request(method, TARGET, body=body)
+        conn.getresponse().read()
+        answered = time.monotonic()
+        time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
+        idle = time.monotonic() - answered
+        reused = "reused" if conn.sock is not None else "new: the last response said Connection: close"
+        try:
+            conn.request(method, TARGET, body=body)
+            conn.getresponse().read()
+            return Second("ok", reused, idle)
+        except http.client.RemoteDisconnected as exc:
+            return Second("stale", reused, idle, str(exc))
+        except OSError as exc:
+            return Second("reset", reused, idle, errno_name(exc))
+    finally:
+        conn.close()
+
+
+def _requests(address: tuple[str, int], cfg: Config, deadline: float) -> Second:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util import Retry
+
+    from ..clients import _socket_error
+
+    url = f"http://{address[0]}:{address[1]}{TARGET}"
+    method, body = cfg["client.method"], POST_BODY if cfg["client.method"] == "POST" else None
+    with requests.Session() as session:
+        if cfg["client.retry"] == "idempotent":  # urllib3's default allowed_methods: the idempotent ones
+            session.mount("http://", HTTPAdapter(max_retries=Retry(total=1, backoff_factor=0)))
+        session.request(method, url, data=body, timeout=deadline)
+        answered = time.monotonic()
+        time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
+        idle = time.monotonic() - answered
+        try:
+            response = session.request(method, url, data=body, timeout=deadline)
+        except requests.ConnectionError as exc:
+            cause = _socket_error(exc)
+            kind = "stale" if isinstance(cause, http.client.RemoteDisconnected) else "reset"
+            return Second(kind, "pooled (urllib3 checks before reuse)", idle, f"{type(cause).__name__}")
+        retried = bool(getattr(response.raw, "retries", None) and response.raw.retries.history)
+        return Second("retried-ok" if retried else "ok", "pooled (urllib3 checks before reuse)", idle)
+
+
+#: the chain of the exercise: who opens connections to whom, and the one timeout that is given
+ALB_IDLE_TIMEOUT = 60.0
+#: how much earlier the client side of a hop must give up an idle connection than the server side
+MARGIN = 1.0
+#: the Envoy -> Node hop is run at this scale (seconds become 20 ms)
+SCALE = 0.02
+CHAIN_ITEMS = ("go_idle_conn_timeout", "envoy_downstream_idle_timeout", "envoy_cluster_idle_timeout",
+               "node_keepalive_timeout", "node_headers_timeout")
+
+
+def check_chain(answer: dict[str, object], trials: int = 40) -> tuple[bool, str]:
+    """Grade timeouts (in seconds) for the chain  Go client -> ALB (60 s idle) -> Envoy -> Node.
+
+    On every hop the side that opens connections must drop an idle one at least ``MARGIN``
+    before the side that accepts them closes it; Node's headersTimeout must exceed its
+    keepAliveTimeout (nodejs/node#27363). Then the Envoy -> Node hop is run at 1/50 scale with
+    traffic that leaves each connection idle between the two timeouts: it must lose nothing.
+    """
+    blank = [k for k in CHAIN_ITEMS if str(answer.get(k, "")).strip() in ("", "?", "???")]
+    if blank:
+        return False, f"Fill in {', '.join(blank)} (seconds) first; then this cell checks them."
+    try:
+        v = {k: float(answer[k]) for k in CHAIN_ITEMS}  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False, "Every answer is a number of seconds, for example 55."
+    rules = [
+        ("client -> ALB: Go's IdleConnTimeout below the ALB's 60 s idle timeout",
+         v["go_idle_conn_timeout"] <= ALB_IDLE_TIMEOUT - MARGIN),
+        ("ALB -> Envoy: Envoy's downstream idle_timeout above the ALB's 60 s",
+         v["envoy_downstream_idle_timeout"] >= ALB_IDLE_TIMEOUT + MARGIN),
+        ("Envoy -> Node: Envoy's cluster idle_timeout below Node's keepAliveTimeout",
+         v["envoy_cluster_idle_timeout"] <= v["node_keepalive_timeout"] - MARGIN),
+        ("Node: headersTimeout above keepAliveTimeout",
+         v["node_headers_timeout"] > v["node_keepalive_timeout"]),
+    ]
+    lines = [f"{'right' if ok else 'not quite'}: {text}" for text, ok in rules]
+    from ..runner import run
+
+    keepalive, idle_timeout = v["node_keepalive_timeout"], v["envoy_cluster_idle_timeout"]
+    # traffic that leaves a connection idle a little past the server's timeout (and still within
+    # the pool's, if the pool keeps connections longer): the reuse that goes wrong, if any can
+    gap = min((keepalive + idle_timeout) / 2, keepalive * 1.5) if idle_timeout > keepalive else keepalive * 1.1
+    result = run("keepalive-reuse", trials, {"server.keepalive_timeout": keepalive * SCALE,
+                                             "client.idle_timeout": idle_timeout * SCALE,
+                                             "client.idle_gap": gap * SCALE})
+    lost = result.n - result.count("ok")
+    lines.append(f"measured: Envoy -> Node at 1/50 scale, reuses after {gap:g} s idle: "
+                 f"{lost} of {result.n} requests lost")
+    return all(ok for _, ok in rules) and lost == 0, "\n".join(lines)
