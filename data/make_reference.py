@@ -40,6 +40,10 @@ VARIANTS = {
         "fin-in-flight": (3, {"client.check_before_reuse": "on", "wire.delay": 0.01, "client.idle_gap": 0.09}),
         "late-reuse": (3, {"client.idle_gap": 0.11}),
     },
+    "close-framing": {
+        "delayed": (1, {}),
+        "skip": (1, {"proxy.skip_delay_close": "on"}),
+    },
 }
 
 

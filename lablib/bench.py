@@ -16,6 +16,11 @@ For keepalive-reuse, the figure is the wall time of one sweep point: 200 trials 
 side on separate connections (their starts 10 ms apart), each a request, an idle gap of about
 the server's 100 ms keep-alive timeout, and a reuse, through a 5 ms delay line.
 
+For close-framing, the raw client GETs 1 KiB (chunked from the server) through the proxy over
+HTTP/1.0, one request at a time as ``ab -c 1`` does, with each close setting at Envoy's
+1 s delayed_close_timeout; the figure is requests per second, each a fresh connection.
+With the delay kept, a request lasts the timeout, so that row runs only a few.
+
 Not covered: the later labs' scenarios (each adds its figure here when it lands).
 """
 
@@ -34,8 +39,9 @@ from .runner import run
 from .scenarios.close_basics import MODES
 from .tcpinfo import TCP_INFO_BUFFER
 
-__all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "bench_keepalive_reuse", "format_bench",
-           "format_early_close", "format_keepalive_reuse"]
+__all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "bench_keepalive_reuse",
+           "bench_close_framing", "format_bench", "format_early_close", "format_keepalive_reuse",
+           "format_close_framing"]
 
 REQUEST = b"q" * 1000
 REPLY = b"r" * 100
@@ -160,4 +166,32 @@ def format_keepalive_reuse(report: dict[str, Any]) -> str:
     for r in report["rows"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if v)
         lines.append(f"  offset {r['offset_ms']:+d} ms: {r['wall_s']:.2f} s  ({outcomes})")
+    return "\n".join(lines)
+
+
+CLOSE_FRAMING_CASES = (
+    ("delayed close, skip off", {}),
+    ("delayed close, skip on", {"proxy.skip_delay_close": "on"}),
+    ("lingering close", {"proxy.close_mode": "lingering"}),
+    ("HTTP/1.1 + Connection: close", {"client.http_version": "1.1"}),
+)
+
+
+def bench_close_framing(trials: int = 200) -> dict[str, Any]:
+    rows = []
+    for label, knobs in CLOSE_FRAMING_CASES:
+        n = max(3, trials // 50) if not knobs else trials
+        result = run("close-framing", n, {"proxy.delayed_close_timeout": 1.0, **knobs})
+        latency = result.latency() or {}
+        rows.append({"setting": label, "trials": n, "requests_per_s": round(n / result.elapsed_s, 1),
+                     "median_ms": round((latency.get("median") or 0) * 1000, 2), "outcomes": result.outcomes})
+    return {"scenario": "close-framing", "client": "raw, HTTP/1.0 unless said", "rows": rows}
+
+
+def format_close_framing(report: dict[str, Any]) -> str:
+    lines = ["close-framing: raw client, one request at a time through the proxy, 1 KiB chunked from the server, "
+             "delayed_close_timeout 1 s",
+             f"  {'setting':<29} {'requests':>8} {'req/s':>8} {'median':>10}"]
+    for r in report["rows"]:
+        lines.append(f"  {r['setting']:<29} {r['trials']:>8} {r['requests_per_s']:>8} {r['median_ms']:>7.1f} ms")
     return "\n".join(lines)

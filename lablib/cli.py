@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure trials per second against bare sockets, and memory")
     p.add_argument("--trials", type=int, default=1000,
                    help="close-basics trials per mode (default 1000); early-close runs a tenth, "
-                        "keepalive-reuse a fifth as many")
+                        "keepalive-reuse and close-framing a fifth as many")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -186,18 +186,29 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import (bench_close_basics, bench_early_close, bench_keepalive_reuse, format_bench,
-                        format_early_close, format_keepalive_reuse)
+    from .bench import (
+        bench_close_basics,
+        bench_close_framing,
+        bench_early_close,
+        bench_keepalive_reuse,
+        format_bench,
+        format_close_framing,
+        format_early_close,
+        format_keepalive_reuse,
+    )
 
     if not 10 <= args.trials <= 100_000:
         raise KnobError(f"--trials {args.trials}: must be between 10 and 100000")
     close_basics = bench_close_basics(args.trials)
     early_close = bench_early_close(max(10, args.trials // 10))
     keepalive = bench_keepalive_reuse(max(10, args.trials // 5))
+    framing = bench_close_framing(max(10, args.trials // 5))
     if args.json:
-        print(json.dumps({"close-basics": close_basics, "early-close": early_close, "keepalive-reuse": keepalive}))
+        print(json.dumps({"close-basics": close_basics, "early-close": early_close, "keepalive-reuse": keepalive,
+                          "close-framing": framing}))
     else:
         print(format_bench(close_basics))
         print(format_early_close(early_close))
         print(format_keepalive_reuse(keepalive))
+        print(format_close_framing(framing))
     return 0

@@ -16,9 +16,16 @@ curl        the curl program. Keeps reading after a failed upload. It sends
             explicitly from ``expect_continue`` so that every size behaves the same.
 =========== ================================================================================
 
-Each returns a :class:`Reply`: the status (or None), and a short outcome: the status code,
-``reset`` (ECONNRESET or EPIPE before any response), ``closed`` (the connection ended before
-any response), or ``timeout``.
+:func:`post` (lab 01) uploads a body over HTTP/1.1 and reports the status. :func:`fetch`
+(lab 03) makes one request on a fresh connection in HTTP/1.0 or in HTTP/1.1 with
+Connection: close, by ``raw``, ``http.client`` or ``curl``, reads the whole response and
+times it: from before connect() until the client knows the response is complete. For a
+response without Content-Length to an HTTP/1.0 client, that moment is the server's FIN.
+
+Each returns a :class:`Reply`: the status (or None), and a short outcome: the status code
+(``complete`` for a whole 200 from :func:`fetch`), ``truncated`` (a response began but did
+not arrive whole), ``reset`` (ECONNRESET or EPIPE before any response), ``closed`` (the
+connection ended before any response), or ``timeout``.
 
 Not covered: chunked uploads, TLS, and clients other than these four.
 """
@@ -29,6 +36,7 @@ import asyncio
 import http.client
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 import h11
@@ -36,10 +44,16 @@ import h11
 from .sockets import TracedSocket, errno_name
 from .trace import Trace
 
-__all__ = ["KINDS", "Reply", "post", "available_kinds", "curl_path"]
+__all__ = ["KINDS", "FETCH_KINDS", "HTTP_VERSIONS", "Reply", "post", "fetch", "judge", "available_kinds",
+           "curl_path"]
 
 KINDS = ("raw", "http.client", "requests", "curl")
+#: the clients :func:`fetch` drives (requests speaks only HTTP/1.1)
+FETCH_KINDS = ("raw", "http.client", "curl")
+HTTP_VERSIONS = ("1.0", "1.1")
 TARGET = "/upload"
+#: what :func:`fetch` asks for
+PAGE = "/"
 #: how long a client that sent Expect: 100-continue waits before it sends the body anyway (curl's default)
 EXPECT_WAIT = 1.0
 
@@ -51,6 +65,10 @@ class Reply:
     error: str = ""
     #: raw client only: request bytes its kernel had taken when the upload ended (or failed)
     bytes_sent: int | None = None
+    #: fetch only: seconds from before connect() until the response was complete (or the
+    #: request failed), and the response body bytes received
+    latency_s: float | None = None
+    received: int | None = None
 
 
 def curl_path() -> str | None:
@@ -76,6 +94,45 @@ async def post(kind: str, address: tuple[str, int], body: bytes, *, trace: Trace
             raise ValueError("curl needs the body in a file (body_file)")
         return await asyncio.to_thread(_curl, address, body_file, timeout, expect_continue)
     raise ValueError(f"client kind {kind!r}: choose one of {', '.join(KINDS)}")
+
+
+def judge(status: int | None, received: int, *, whole: bool, expected: int | None = None,
+          failure: str = "reset") -> str:
+    """The outcome of a fetch: ``failure`` (``reset``, ``closed``, ``timeout``) when no status
+    arrived; ``truncated`` when the response did not arrive whole (``whole`` is what the
+    client could tell: a short Content-Length or chunked body, an error mid-body) or a 200's
+    body is not the ``expected`` size (a response ended by the close has no length to check:
+    only the lab, knowing what the server sent, can tell); else ``complete`` for 200 and the
+    status code for others.
+
+    >>> judge(200, 1024, whole=True, expected=1024), judge(200, 512, whole=True, expected=1024)
+    ('complete', 'truncated')
+    """
+    if status is None:
+        return failure
+    if not whole or (status == 200 and expected is not None and received != expected):
+        return "truncated"
+    return "complete" if status == 200 else str(status)
+
+
+async def fetch(kind: str, address: tuple[str, int], *, http_version: str = "1.0", body: bytes = b"",
+                expected: int | None = None, trace: Trace, timeout: float, body_file: str | None = None) -> Reply:
+    """One request to ``address`` on a fresh connection, by client ``kind``: GET, or POST of
+    ``body`` when there is one; HTTP/1.0, or HTTP/1.1 with Connection: close. ``expected`` is
+    the size of a whole 200 body. The real clients run in a thread; curl needs ``body_file``
+    for a body."""
+    if http_version not in HTTP_VERSIONS:
+        raise ValueError(f"http_version {http_version!r}: choose one of {', '.join(HTTP_VERSIONS)}")
+    if kind == "raw":
+        return await _raw_fetch(address, body, http_version, expected, trace, timeout)
+    if kind == "http.client":
+        return await asyncio.to_thread(_http_client_fetch, address, body, http_version, expected, timeout)
+    if kind == "curl":
+        if body and body_file is None:
+            raise ValueError("curl needs the body in a file (body_file)")
+        return await asyncio.to_thread(_curl_fetch, address, body_file if body else None, http_version,
+                                       expected, timeout)
+    raise ValueError(f"client kind {kind!r} cannot fetch: choose one of {', '.join(FETCH_KINDS)}")
 
 
 # --- raw --------------------------------------------------------------------------------------
@@ -154,7 +211,91 @@ async def _finish(c: TracedSocket, conn: h11.Connection, response: h11.Response)
     return Reply(str(response.status_code), response.status_code)
 
 
+async def _raw_fetch(address: tuple[str, int], body: bytes, http_version: str, expected: int | None,
+                     trace: Trace, timeout: float) -> Reply:
+    started = time.perf_counter()
+    c = await TracedSocket.connect(address, trace, "client")
+    conn = h11.Connection(h11.CLIENT)
+    headers = [(b"host", b"lab")]
+    if body:
+        headers += [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode())]
+    if http_version == "1.1":
+        headers.append((b"connection", b"close"))
+    head = conn.send(h11.Request(method=b"POST" if body else b"GET", target=PAGE, headers=headers)) or b""
+    if http_version == "1.0":  # h11 writes HTTP/1.1 only; the rest of its bytes are valid 1.0
+        head = head.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    payload = head + (conn.send(h11.Data(data=body)) or b"" if body else b"") + (conn.send(h11.EndOfMessage()) or b"")
+    status: int | None = None
+    received, whole, error = 0, False, ""
+    try:
+        async with asyncio.timeout(timeout):
+            await c.sendall(payload)
+            while not whole:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await c.recv())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    received += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    whole = True
+                elif isinstance(event, h11.ConnectionClosed):
+                    break
+    except TimeoutError:
+        return Reply("timeout", status, "timeout", latency_s=time.perf_counter() - started, received=received)
+    except OSError as exc:
+        error, failure = errno_name(exc), "reset"
+    except h11.RemoteProtocolError as exc:  # EOF mid-body with a length to check, or a bad response
+        error, failure = f"protocol error: {exc}", "closed"
+    else:
+        failure = "closed"
+    finally:
+        c.close()
+    outcome = judge(status, received, whole=whole, expected=expected, failure=failure)
+    return Reply(outcome, status, error, c.bytes_sent, time.perf_counter() - started, received)
+
+
 # --- real clients (blocking, run in a thread) -----------------------------------------------
+
+class _Http10Connection(http.client.HTTPConnection):
+    """http.client speaking HTTP/1.0 (as PHP's file_get_contents, ab and old health checkers
+    do): the version it writes is a class attribute."""
+
+    _http_vsn = 10
+    _http_vsn_str = "HTTP/1.0"
+
+
+def _http_client_fetch(address: tuple[str, int], body: bytes, http_version: str, expected: int | None,
+                       timeout: float) -> Reply:
+    started = time.perf_counter()
+    cls = _Http10Connection if http_version == "1.0" else http.client.HTTPConnection
+    conn = cls(*address, timeout=timeout)
+    headers = {"Connection": "close"} if http_version == "1.1" else {}
+    if body:
+        headers["Content-Type"] = "application/octet-stream"
+    status: int | None = None
+    received = 0
+    try:
+        conn.request("POST" if body else "GET", PAGE, body=body or None, headers=headers)
+        response = conn.getresponse()
+        status = response.status
+        received = len(response.read())
+        return Reply(judge(status, received, whole=True, expected=expected), status,
+                     latency_s=time.perf_counter() - started, received=received)
+    except http.client.IncompleteRead as exc:
+        return Reply("truncated", status, "IncompleteRead", latency_s=time.perf_counter() - started,
+                     received=len(exc.partial))
+    except http.client.RemoteDisconnected:
+        return Reply("closed", error="RemoteDisconnected", latency_s=time.perf_counter() - started)
+    except TimeoutError:
+        return Reply("timeout", status, "timeout", latency_s=time.perf_counter() - started)
+    except OSError as exc:
+        return Reply(judge(status, received, whole=False), status, errno_name(exc),
+                     latency_s=time.perf_counter() - started, received=received)
+    finally:
+        conn.close()
+
 
 def _http_client(address: tuple[str, int], body: bytes, timeout: float) -> Reply:
     conn = http.client.HTTPConnection(*address, timeout=timeout)
@@ -208,6 +349,8 @@ def _socket_error(exc: BaseException) -> BaseException:
 
 #: curl exit codes that mean the connection failed, and what they mean here
 _CURL_EXIT = {52: "closed", 55: "reset", 56: "reset", 28: "timeout"}
+#: curl's exit code for a transfer that ended before its announced end (CURLE_PARTIAL_FILE)
+_CURL_PARTIAL = 18
 
 
 def _curl(address: tuple[str, int], body_file: str, timeout: float, expect_continue: bool) -> Reply:
@@ -223,3 +366,31 @@ def _curl(address: tuple[str, int], body_file: str, timeout: float, expect_conti
     if code.isdigit() and code != "000":
         return Reply(code, int(code))
     return Reply(_CURL_EXIT.get(out.returncode, f"curl exit {out.returncode}"), error=out.stderr.strip()[:200])
+
+
+def _curl_fetch(address: tuple[str, int], body_file: str | None, http_version: str, expected: int | None,
+                timeout: float) -> Reply:
+    argv = [curl_path() or "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}",
+            "--max-time", f"{timeout:g}"]
+    argv += ["--http1.0"] if http_version == "1.0" else ["--http1.1", "-H", "Connection: close"]
+    if body_file:
+        argv += ["-H", "Content-Type: application/octet-stream", "-H", "Expect:", "--data-binary", f"@{body_file}"]
+    argv.append(f"http://{address[0]}:{address[1]}{PAGE}")
+    started = time.perf_counter()
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5)
+    except subprocess.TimeoutExpired:
+        return Reply("timeout", error="curl did not exit", latency_s=time.perf_counter() - started)
+    code, size, total = (out.stdout.split() + ["", "", ""])[:3]
+    status = int(code) if code.isdigit() and code != "000" else None
+    received = int(size) if size.isdigit() else 0
+    latency = float(total) if total.replace(".", "", 1).isdigit() else time.perf_counter() - started
+    error = out.stderr.strip()[:200]
+    if out.returncode == 28:
+        return Reply("timeout", status, error, latency_s=latency, received=received)
+    whole = out.returncode == 0
+    failure = _CURL_EXIT.get(out.returncode, f"curl exit {out.returncode}")
+    if out.returncode not in (0, _CURL_PARTIAL, *_CURL_EXIT):
+        return Reply(failure, status, error, latency_s=latency, received=received)
+    return Reply(judge(status, received, whole=whole, expected=expected, failure=failure), status, error,
+                 latency_s=latency, received=received)

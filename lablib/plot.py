@@ -1,4 +1,4 @@
-"""Pictures: the ladder timeline of one connection, and outcome bars over many.
+"""Pictures: the ladder timeline of one connection, outcome bars and latencies over many.
 
 Figures are :class:`LabFigure`, a ``matplotlib.figure.Figure`` made without pyplot that
 renders itself as PNG in a notebook: each shows exactly once, whether or not pyplot's inline
@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from .ladder import Mark, Segment, infer_segments, lane_order, marks, merge_data
 from .trace import Event
 
-__all__ = ["ladder", "ladders", "outcome_bars", "sweep", "OUTCOME_COLORS", "LabFigure"]
+__all__ = ["ladder", "ladders", "outcome_bars", "latencies", "sweep", "OUTCOME_COLORS", "LabFigure"]
 
 
 class LabFigure(Figure):
@@ -272,5 +272,54 @@ def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: 
     ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if title:
         ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def latencies(results: Mapping[str, object] | Sequence[object], *, title: str | None = None,
+              markers: Iterable[tuple[float, str]] = (), ax: Any = None) -> Figure:
+    """Each request's latency as a dot, one row per run, on a log scale from 0.1 ms: a
+    plateau shows as a column of dots. The bar is the median, written beside it. ``results``
+    is a list of Results (labelled by their changed knobs) or {label: Result}; ``markers``
+    are vertical lines at a time in seconds with a label (a timeout, say). Requests without a
+    latency (no whole response) are counted in the row's label."""
+    import numpy as np
+
+    if not isinstance(results, Mapping):
+        results = {r.config.describe(): r for r in results}  # type: ignore[attr-defined]
+    runs = dict(results)
+    if ax is None:
+        fig = LabFigure(figsize=(9.0, 0.75 * len(runs) + 1.6))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    rng = np.random.default_rng(0)  # the same jitter on every run of the notebook
+    labels = []
+    for row, (label, result) in enumerate(runs.items()):
+        seconds = result.trials["latency_s"].astype(float)  # type: ignore[attr-defined]
+        ms = seconds.dropna().to_numpy() * 1000
+        missing = len(seconds) - len(ms)
+        labels.append(label + (f"\n({missing} without a whole response)" if missing else ""))
+        y = row + rng.uniform(-0.18, 0.18, len(ms))
+        ax.scatter(np.maximum(ms, 0.1), y, s=14, alpha=0.6, color=OUTCOME_COLORS["complete"], edgecolors="none")
+        if len(ms):
+            median = float(np.median(ms))
+            ax.plot([median, median], [row - 0.3, row + 0.3], color="#212121", lw=2)
+            ax.text(median * 1.12, row - 0.24, f"median {median:.1f} ms" if median < 100 else f"median {median:.0f} ms",
+                    ha="left", va="center", fontsize=8,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
+    for at, text in markers:
+        ax.axvline(at * 1000, color="#90a4ae", lw=1, ls=":")
+        ax.text(at * 1000, 1.0, text, ha="center", va="bottom", fontsize=8, color="#546e7a",
+                transform=ax.get_xaxis_transform())
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, max(5000.0, *(at * 5000 for at, _ in markers)))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g} ms" if v < 1000 else f"{v / 1000:g} s")
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.set_ylim(len(labels) - 0.4, -0.6)
+    ax.set_xlabel("latency: connect() until the client knows the response is complete (log scale)")
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, pad=14)
     fig.tight_layout()
     return fig

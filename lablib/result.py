@@ -73,8 +73,22 @@ class Result:
             return []
         return [e for e in self.trials["error"].dropna().tolist() if e]
 
+    def latency(self) -> dict[str, float] | None:
+        """Median, 90th percentile and maximum of the ``latency_s`` column (seconds; only
+        requests that got a whole response have one), with their count ``n``; None for
+        scenarios that do not time requests."""
+        if "latency_s" not in self.trials:
+            return None
+        values = pd.to_numeric(self.trials["latency_s"], errors="coerce").dropna()
+        if values.empty:
+            return {"n": 0, "median": None, "p90": None, "max": None}  # type: ignore[dict-item]
+        return {"n": int(len(values)), "median": round(float(values.median()), 6),
+                "p90": round(float(values.quantile(0.9)), 6), "max": round(float(values.max()), 6)}
+
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form: scenario, config, trials, outcomes, rates, kernel, elapsed_s, ..."""
+        """The JSON form: scenario, config, trials, outcomes, rates, kernel, elapsed_s, ...,
+        and ``latency_s`` (median, p90, max) for scenarios that time requests."""
+        extra = {} if self.latency() is None else {"latency_s": self.latency()}
         return {
             "scenario": self.scenario,
             "config": {k: _plain(v) for k, v in self.config.items()},
@@ -88,6 +102,7 @@ class Result:
             "parallel": self.parallel,
             "cancelled": self.cancelled,
             "errors": self.errors[:5],
+            **extra,
         }
 
     def to_json(self, **kw: Any) -> str:
@@ -138,6 +153,10 @@ class Result:
         width = max((len(k) for k in self.outcomes), default=7)
         for name, count in self.outcomes.items():
             lines.append(f"  {name:<{width}}  {count:>6}  {count / self.n:6.1%}" if self.n else f"  {name}")
+        latency = self.latency()
+        if latency and latency["n"]:
+            lines.append(f"  latency: median {latency['median'] * 1000:.1f} ms, p90 {latency['p90'] * 1000:.1f} ms, "
+                         f"max {latency['max'] * 1000:.1f} ms (over {latency['n']} whole responses)")
         kernel = ", ".join(f"{k} {v:+d}" for k, v in self.kernel.items())
         lines.append(f"  kernel: {kernel}")
         lines.append(f"  elapsed: {self.elapsed_s:.2f} s" + (" (cancelled)" if self.cancelled else ""))

@@ -143,3 +143,8 @@ def test_bench_reports_lablib_and_bare_sockets_side_by_side():
     keepalive = report["keepalive-reuse"]
     assert [r["offset_ms"] for r in keepalive["rows"]] == [-10, 0, 10]
     assert all(r["wall_s"] > 0 and sum(r["outcomes"].values()) == 10 for r in keepalive["rows"])
+    framing = {r["setting"]: r for r in report["close-framing"]["rows"]}
+    assert all(r["outcomes"]["complete"] == r["trials"] for r in framing.values())
+    # a request that waits for the 1 s timer cannot go faster than one a second
+    held, skipped = framing["delayed close, skip off"], framing["delayed close, skip on"]
+    assert held["requests_per_s"] < 1.05 < skipped["requests_per_s"]

@@ -2,7 +2,16 @@
 
 import pytest
 
-from lablib.knobs import Config, KnobError, choice, flag, integer, nbytes, parse_assignments, seconds
+from lablib.knobs import (
+    Config,
+    KnobError,
+    choice,
+    flag,
+    integer,
+    nbytes,
+    parse_assignments,
+    seconds,
+)
 
 MODE = choice("close.mode", "drained", ("drained", "unread"), "how")
 DELAY = seconds("wire.delay", 0.0, "delay", low=0.0, high=1.0)

@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -180,3 +181,35 @@ def test_serve_proxy_without_an_upstream_says_what_to_set():
     out = subprocess.run([sys.executable, "-m", "lablib", "serve", "proxy"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2 and "proxy.upstream is not set" in out.stderr and out.stderr.count("\n") == 1
+
+
+def curl_http10_seconds(port):
+    out = subprocess.run(["curl", "-sS", "--http1.0", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=30)
+    code, seconds = out.stdout.split()
+    assert code == "200", out
+    return float(seconds)
+
+
+@pytest.fixture(scope="module")
+def streaming_server():
+    proc, port = serve("server", "--set", "server.response_framing=chunked", "--set", "server.response_bytes=1KiB")
+    yield port
+    stop(proc)
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl is not installed")
+@pytest.mark.parametrize("settings, low, high", [
+    (["proxy.skip_delay_close=off"], 0.45, 0.6),
+    (["proxy.skip_delay_close=on"], 0.0, 0.02),
+    (["proxy.skip_delay_close=off", "proxy.close_mode=lingering"], 0.0, 0.02),
+], ids=["delayed", "skip", "lingering"])
+def test_curl_http10_through_serve_proxy_waits_for_the_delayed_close_unless_it_is_skipped(streaming_server, settings,
+                                                                                          low, high):
+    sets = [a for s in ["proxy.delayed_close_timeout=0.5", *settings] for a in ("--set", s)]
+    proc, port = serve("proxy", "--set", f"proxy.upstream=127.0.0.1:{streaming_server}", *sets)
+    try:
+        seconds = statistics.median(curl_http10_seconds(port) for _ in range(5))
+        assert low <= seconds < high
+    finally:
+        stop(proc)

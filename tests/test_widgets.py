@@ -6,8 +6,8 @@ import ipywidgets as w
 import pytest
 
 from lablib.knobs import KnobError
-from lablib.widgets import control_for, form
 from lablib.scenarios import get
+from lablib.widgets import control_for, form
 
 
 def test_each_knob_kind_gets_a_fitting_control():

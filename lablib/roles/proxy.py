@@ -21,16 +21,28 @@ choice: asyncio runs a socket's reader callback before its writer callback in th
 so the 413 would be read (and forwarded) before the failed write was seen, and the case would
 hide.
 
-``proxy.buffer_request`` turns it into a buffering middlebox: the whole request is read
-first, then sent. A downstream connection the proxy must close (its request was not read to
-the end) ends by ``proxy.close_mode``; Envoy's default is the delayed close
-(``delayed_close_timeout``, 1 s), which reads and discards the rest of the upload so that the
-client gets its response instead of an RST. A client waiting on ``Expect: 100-continue`` gets
-``100 Continue`` from the proxy itself, as from Envoy by default; the header is not forwarded.
+A request without Host (HTTP/1.0 allows it; http.client leaves it out) is sent on with
+``Host: upstream``, as Envoy does with ``default_host_for_http_10``.
 
-Not covered (yet): a pool of upstream connections (lab 04: one connection per request here),
-HTTP/1.0 close-delimited responses and skip_delay_close (lab 03), retries, and forwarding a
-response before the request has been sent in full.
+``proxy.buffer_request`` turns it into a buffering middlebox: the whole request is read
+first, then sent. ``proxy.max_request_bytes`` makes the proxy refuse a request itself: 413
+on seeing its Content-Length, before any of the body is read. A client waiting on
+``Expect: 100-continue`` gets ``100 Continue`` from the proxy itself, as from Envoy by
+default; the header is not forwarded.
+
+A response keeps its framing: one the upstream framed by Content-Length keeps it, one
+without (chunked upstream) goes to an HTTP/1.1 client chunked and to an HTTP/1.0 client
+ended by the close, as Envoy sends it. The downstream connection closes after a response when
+its request was not read to the end, the client asked (Connection: close), or spoke HTTP/1.0.
+How it closes is :func:`close_choice`: ``proxy.close_mode`` (Envoy's default is the delayed
+close, ``delayed_close_timeout`` 1 s, which reads and discards the rest of an upload so that
+the client gets its response instead of an RST, and sends the FIN only at the end), unless
+``proxy.skip_delay_close`` says the delay is not needed.
+
+The response is read whole from upstream before any of it is sent downstream (the labs'
+bodies are small). Not covered (yet): a pool of upstream connections (lab 04: one
+connection per request here), retries, streaming a response, and forwarding a response
+before the request has been sent in full.
 """
 
 from __future__ import annotations
@@ -41,18 +53,30 @@ from typing import Any
 import h11
 
 from ..closing import CLOSE_MODES, end_connection
-from ..http import continue_bytes, describe_request, forwardable, response_bytes
-from ..knobs import Config, address, choice, flag, seconds
+from ..http import (
+    content_length,
+    continue_bytes,
+    describe_request,
+    forwardable,
+    has_length,
+    response_bytes,
+)
+from ..knobs import Config, address, choice, flag, nbytes, seconds
 from ..sockets import TracedSocket, errno_name
 from ..trace import Trace
 from .base import ListeningRole
 
-__all__ = ["HttpProxy", "PROXY_KNOBS", "UC_BODY"]
+__all__ = ["HttpProxy", "PROXY_KNOBS", "CLOSE_FRAMING_KNOBS", "UC_BODY", "close_choice"]
 
 #: the body of Envoy's 503 for an upstream that reset or closed before it responded
 UC_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+TOO_LARGE_BODY = b"Payload Too Large"
+#: the Host the proxy gives a request that came without one (HTTP/1.0 allows that), as Envoy's
+#: default_host_for_http_10 does
+DEFAULT_HOST = b"upstream"
 UF_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 CHUNK = 65536
+SKIP_DELAY_CLOSE = ("off", "on", "always")
 
 PROXY_KNOBS = (
     address("proxy.upstream", "Where the proxy sends requests (HOST:PORT; serve proxy needs it)",
@@ -63,12 +87,24 @@ PROXY_KNOBS = (
     flag("proxy.buffer_request", False, "Read the whole request before sending any of it upstream",
          models="a buffering middlebox (toxiproxy#72); Envoy's buffer filter", real_default="off"),
     choice("proxy.close_mode", "delayed", CLOSE_MODES,
-           "How the proxy ends a downstream connection whose request it did not read to the end",
+           "How the proxy closes a downstream connection after a response: to a request it did not read "
+           "to the end, to HTTP/1.0, or with Connection: close",
            models="Envoy HCM close: FlushWriteAndDelay (delayed), or close(fd) with delayed_close_timeout 0",
            real_default="Envoy: delayed"),
     seconds("proxy.delayed_close_timeout", 1.0, "delayed and lingering modes: how long to read and discard",
             high=60.0, models="Envoy HCM delayed_close_timeout (0: close at once)", real_default="1 s"),
+    choice("proxy.skip_delay_close", "on", SKIP_DELAY_CLOSE,
+           "Close at once, not by close_mode, when no RST can follow: the request was read to the end, or "
+           "an HTTP/1.0 response is framed by the close; always: also when body bytes are unread (unsafe)",
+           models="Envoy runtime flag envoy.reloadable_features.skip_delay_close (PR #19863)",
+           real_default="Envoy 1.22+: on; before: off"),
+    nbytes("proxy.max_request_bytes", 0,
+           "Answer 413 itself, before reading the body, above this Content-Length (0: no limit)",
+           models="Envoy buffer filter max_request_bytes; nginx client_max_body_size", real_default="no limit; 1 MiB"),
 )
+
+#: the knobs lab 03 adds (the labs before it leave them at their defaults)
+CLOSE_FRAMING_KNOBS = ("proxy.skip_delay_close", "proxy.max_request_bytes")
 
 
 class HttpProxy(ListeningRole):
@@ -97,6 +133,10 @@ class HttpProxy(ListeningRole):
                     return
                 self.requests += 1
                 self.note(down, describe_request(request))
+                limit = self.config["proxy.max_request_bytes"]
+                if limit and (content_length(request) or 0) > limit:  # before the body, as Envoy's buffer filter
+                    await self._respond(down, dconn, 413, TOO_LARGE_BODY, (), "made (max_request_bytes)", summary)
+                    return
                 if dconn.they_are_waiting_for_100_continue:  # as Envoy does by default: answer it here
                     await down.sendall(continue_bytes(dconn))
                 if not await self._exchange(down, dconn, request, summary):
@@ -110,31 +150,43 @@ class HttpProxy(ListeningRole):
     async def _exchange(self, down: TracedSocket, dconn: h11.Connection, request: h11.Request,
                         summary: dict[str, Any]) -> bool:
         """One request through the proxy; True if the downstream connection stays open."""
-        cfg = self.config
+        answer = await self._ask_upstream(down, dconn, request, summary)
+        if answer is None:
+            return False  # the client went away mid-upload
+        status, body, headers, how, length = answer
+        return await self._respond(down, dconn, status, body, headers, how, summary, length=length)
+
+    async def _ask_upstream(self, down: TracedSocket, dconn: h11.Connection, request: h11.Request,
+                            summary: dict[str, Any]) -> tuple[int, bytes, list[tuple[bytes, bytes]], str, bool] | None:
+        """Send the request upstream and read the response; the response to send downstream
+        (status, body, headers, how it was made, whether it had a Content-Length), or None if
+        the client went away. The
+        upstream connection is closed before this returns, whatever the downstream close."""
         try:
             up = await TracedSocket.connect(self.upstream, self.trace, self.actor)
         except OSError as exc:
             summary["upstream_error"] = errno_name(exc)
-            return await self._respond(down, dconn, 503, UF_BODY, (), "made (UF)", summary)
+            return 503, UF_BODY, [], "made (UF)", True
         self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
         try:
             uconn = h11.Connection(h11.CLIENT)
-            head = uconn.send(h11.Request(method=request.method, target=request.target,
-                                          headers=forwardable(request.headers))) or b""
-            write_error = await self._send_body(down, dconn, up, uconn, head, cfg["proxy.buffer_request"])
+            headers = forwardable(request.headers)
+            if not any(name == b"host" for name, _ in headers):  # HTTP/1.0 may leave it out; HTTP/1.1 needs it
+                headers.insert(0, (b"host", DEFAULT_HOST))
+            head = uconn.send(h11.Request(method=request.method, target=request.target, headers=headers)) or b""
+            write_error = await self._send_body(down, dconn, up, uconn, head, self.config["proxy.buffer_request"])
             if write_error is None and dconn.their_state is h11.ERROR:
-                return False  # the client went away mid-upload
+                return None
             if write_error:
                 summary["upstream_error"] = write_error
                 self.note(up, f"upstream write failed: {write_error}")
-                if not cfg["proxy.read_response_on_write_error"]:
-                    return await self._respond(down, dconn, 503, UC_BODY, (), "made (UC)", summary)
+                if not self.config["proxy.read_response_on_write_error"]:
+                    return 503, UC_BODY, [], "made (UC)", True
             response, body = await _read_response(up, uconn)
             if response is None:
                 summary["upstream_error"] = summary["upstream_error"] or "no response"
-                return await self._respond(down, dconn, 503, UC_BODY, (), "made (UC)", summary)
-            return await self._respond(down, dconn, response.status_code, body, forwardable(response.headers),
-                                       "forwarded", summary)
+                return 503, UC_BODY, [], "made (UC)", True
+            return response.status_code, body, forwardable(response.headers), "forwarded", has_length(response)
         finally:
             up.close()
 
@@ -164,21 +216,54 @@ class HttpProxy(ListeningRole):
                 return None
 
     async def _respond(self, down: TracedSocket, dconn: h11.Connection, status: int, body: bytes,
-                       headers: Any, how: str, summary: dict[str, Any]) -> bool:
-        """Send a response downstream; close the connection if its request was not read in
-        full (by proxy.close_mode). True if the connection stays open."""
-        finished = dconn.their_state is h11.DONE
-        await down.sendall(response_bytes(dconn, status, body, close=not finished, headers=tuple(headers)))
+                       headers: Any, how: str, summary: dict[str, Any], length: bool = True) -> bool:
+        """Send a response downstream (framed by Content-Length if ``length``, else as h11
+        frames it for the client: chunked, or by the close for HTTP/1.0). Then close the
+        connection if it must close (its request was not read in full, or the client asked
+        for it, or spoke HTTP/1.0), by :func:`close_choice`. True if it stays open."""
+        cfg = self.config
+        finished = dconn.their_state in (h11.DONE, h11.MUST_CLOSE)  # MUST_CLOSE: read, and no keep-alive
+        await down.sendall(response_bytes(dconn, status, body, close=not finished, headers=tuple(headers),
+                                          length=length))
         summary["responses"].append(f"{status} {how}")
-        self.note(down, f"{status} {how}" + ("" if finished else f"; closing by {self.config['proxy.close_mode']}"))
         if finished and dconn.our_state is h11.DONE:
+            self.note(down, f"{status} {how}")
             return True
+        http10 = dconn.their_http_version == b"1.0"
+        mode = close_choice(cfg["proxy.close_mode"], cfg["proxy.skip_delay_close"], request_complete=finished,
+                            close_framed=not length and http10)
+        why = "request unread" if not finished else "HTTP/1.0" if http10 else "Connection: close"
+        self.note(down, f"{status} {how}; {why}, closing by {mode}"
+                  + (" (skip_delay_close)" if mode != cfg["proxy.close_mode"] else ""))
         answered = time.monotonic()
-        how_ended, discarded = await end_connection(down, self.config["proxy.close_mode"],
-                                                    self.config["proxy.delayed_close_timeout"])
+        how_ended, discarded = await end_connection(down, mode, cfg["proxy.delayed_close_timeout"])
         summary.update(held_ms=round((time.monotonic() - answered) * 1000, 3), discarded=discarded,
-                       ended_by=how_ended)
+                       ended_by=how_ended, closed_by=mode)
         return False
+
+
+def close_choice(mode: str, skip: str, *, request_complete: bool, close_framed: bool) -> str:
+    """How the proxy ends a downstream connection it has decided to close: ``close`` (at once)
+    where ``proxy.skip_delay_close`` says the delay is not needed, else ``mode``.
+
+    Envoy's rule since 1.22 (``ConnectionManagerImpl::doEndStream``): no delay when the
+    request was read to the end (nothing unread, so close() sends FIN, never RST), or when the
+    response to an HTTP/1.0 client has no Content-Length (the close is its end: delaying it
+    delays the response). ``always`` skips it in every case, also with request bytes unread:
+    the unsafe setting that brings back the RST of envoy#2929.
+
+    Not covered: Envoy's other exemption, upgrades and CONNECT tunnels.
+
+    >>> close_choice("delayed", "on", request_complete=False, close_framed=False)
+    'delayed'
+    >>> close_choice("delayed", "on", request_complete=True, close_framed=False)
+    'close'
+    """
+    if skip not in SKIP_DELAY_CLOSE:
+        raise ValueError(f"skip_delay_close {skip!r}: choose one of {', '.join(SKIP_DELAY_CLOSE)}")
+    if skip == "always" or (skip == "on" and (request_complete or close_framed)):
+        return "close"
+    return mode
 
 
 async def _next_event(s: TracedSocket, conn: h11.Connection) -> Any:

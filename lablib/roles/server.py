@@ -1,6 +1,8 @@
 """HttpServer: an HTTP/1.1 origin server whose connection endings are the knobs.
 
-It answers every request with ``200 ok``, keeps connections alive between requests, and ends
+It answers every request with ``200 ok`` (``server.response_bytes`` of it, framed by
+Content-Length or, with ``server.response_framing=chunked``, left to the transfer: chunked to
+an HTTP/1.1 peer, ended by the close to an HTTP/1.0 one), keeps connections alive between requests, and ends
 them the way the settings say:
 
 * idle for ``server.keepalive_timeout`` between requests: ``close()`` (a FIN; nothing is
@@ -36,7 +38,7 @@ from ..sockets import TracedSocket
 from ..trace import Trace
 from .base import ListeningRole
 
-__all__ = ["HttpServer", "SERVER_KNOBS"]
+__all__ = ["HttpServer", "SERVER_KNOBS", "RESPONSE_KNOBS"]
 
 SERVER_KNOBS = (
     choice("server.close_mode", "close", CLOSE_MODES,
@@ -54,9 +56,16 @@ SERVER_KNOBS = (
     integer("server.max_requests_per_connection", 0,
             "Announce Connection: close on this response number and close after it (0: no limit)",
             models="nginx keepalive_requests; Envoy max_requests_per_connection", real_default="1000; unlimited"),
+    nbytes("server.response_bytes", 3, "Size of the body of a 200 response", low=0, high=64 * 1024**2),
+    choice("server.response_framing", "length", ("length", "chunked"),
+           "How a 200 response's end is marked: Content-Length, or chunked (no length, as a streaming backend)",
+           models="a backend that streams (PHP, a generated page)"),
 )
 
 BODY = b"ok\n"
+
+#: the knobs that shape a 200 response (labs that only refuse requests leave them out)
+RESPONSE_KNOBS = ("server.response_bytes", "server.response_framing")
 
 
 class HttpServer(ListeningRole):
@@ -66,6 +75,9 @@ class HttpServer(ListeningRole):
         super().__init__(trace, actor, port)
         self.config = config
         self.requests = 0
+        size = config["server.response_bytes"]
+        #: the body of every 200: "ok\n" repeated to server.response_bytes
+        self.body = (BODY * (size // len(BODY) + 1))[:size]
 
     async def serve(self, s: TracedSocket) -> None:
         cfg = self.config
@@ -103,9 +115,10 @@ class HttpServer(ListeningRole):
                 self.requests += 1
                 limit = cfg["server.max_requests_per_connection"]
                 last = bool(limit and served >= limit) or cfg["server.keepalive_timeout"] == 0
-                await s.sendall(response_bytes(conn, 200, BODY, close=last))
+                chunked = cfg["server.response_framing"] == "chunked"
+                await s.sendall(response_bytes(conn, 200, self.body, close=last, length=not chunked))
                 summary["statuses"].append(200)
-                self.note(s, "200 OK" + (", Connection: close" if last else ""))
+                self.note(s, "200 OK" + (" (no length)" if chunked else "") + (", Connection: close" if last else ""))
                 if conn.our_state is h11.MUST_CLOSE:
                     s.close()
                     summary["ended_by"] = "Connection: close"

@@ -5,12 +5,13 @@ from __future__ import annotations
 from ..knobs import KnobError
 from .base import Lab, Scenario
 from .close_basics import CloseBasics
+from .close_framing import CloseFraming
 from .early_close import EarlyClose
 from .keepalive_reuse import KeepaliveReuse
 
 __all__ = ["Scenario", "Lab", "get", "names", "all_scenarios"]
 
-_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose(), KeepaliveReuse())}
+_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose(), KeepaliveReuse(), CloseFraming())}
 
 
 def names() -> list[str]:

@@ -34,16 +34,17 @@ from typing import Any
 from .. import clients
 from ..exercises import grade
 from ..knobs import Config, KnobError, choice, flag, nbytes
-from ..roles.proxy import PROXY_KNOBS, HttpProxy
-from ..roles.server import SERVER_KNOBS, HttpServer
+from ..roles.proxy import CLOSE_FRAMING_KNOBS, PROXY_KNOBS, HttpProxy
+from ..roles.server import RESPONSE_KNOBS, SERVER_KNOBS, HttpServer
 from .base import Lab, Scenario
 
 __all__ = ["EarlyClose", "KNOBS", "check_prediction"]
 
 #: the server knobs, with envoy#2929's limit (its buffer filter allowed 512 bytes)
 _SERVER = tuple(dataclasses.replace(k, default=512) if k.name == "server.max_request_bytes" else k
-                for k in SERVER_KNOBS)
-_PROXY = tuple(k for k in PROXY_KNOBS if k.name != "proxy.upstream")  # the lab wires it
+                for k in SERVER_KNOBS if k.name not in RESPONSE_KNOBS)
+#: the proxy knobs of this lab (it wires proxy.upstream; lab 03 has the close-framing ones)
+_PROXY = tuple(k for k in PROXY_KNOBS if k.name not in ("proxy.upstream", *CLOSE_FRAMING_KNOBS))
 
 KNOBS = (
     choice("topology", "direct", ("direct", "proxy"),
@@ -90,9 +91,9 @@ class EarlyClose(Scenario):
 
     async def setup(self, lab: Lab) -> None:
         cfg = lab.config
-        server = await lab.start("server", HttpServer(lab.trace, cfg.subset(_SERVER, "the server")))
+        server = await lab.start("server", HttpServer(lab.trace, cfg.subset(SERVER_KNOBS, "the server")))
         if cfg["topology"] == "proxy":
-            await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(_PROXY, "the proxy"), upstream=server.address))
+            await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(PROXY_KNOBS, "the proxy"), upstream=server.address))
         lab.state["body"] = body = b"x" * cfg["client.body_bytes"]
         if cfg["client.kind"] == "curl":
             fd, path = tempfile.mkstemp(prefix="lablib-body-")
