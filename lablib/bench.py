@@ -21,11 +21,19 @@ HTTP/1.0, one request at a time as ``ab -c 1`` does, with each close setting at 
 1 s delayed_close_timeout; the figure is requests per second, each a fresh connection.
 With the delay kept, a request lasts the timeout, so that row runs only a few.
 
-Not covered: the later labs' scenarios (each adds its figure here when it lands).
+For upstream-reuse, the figure is requests per second through the proxy against the same
+requests sent straight to the server, in the same run, on keep-alive connections with 3-byte
+bodies: one client sending one request at a time, and eight side by side. Both paths share
+the client's and the server's loops, so the difference is the proxy's hop (its loop, two more
+socket calls each way, its pool).
+
+Not covered: the work rate of an open-loop run (the lab's own figure is its 503 rate, not
+its speed), and HTTP/2.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import select
 import socket
@@ -35,13 +43,19 @@ import tracemalloc
 from typing import Any
 
 from . import kernel
+from .clients import KeepAliveClient
+from .knobs import Config
+from .roles.proxy import PROXY_KNOBS, HttpProxy
+from .roles.server import SERVER_KNOBS, HttpServer
 from .runner import run
 from .scenarios.close_basics import MODES
 from .tcpinfo import TCP_INFO_BUFFER
+from .topology import Topology
+from .trace import Trace
 
 __all__ = ["bare_trial", "bench_close_basics", "bench_early_close", "bench_keepalive_reuse",
-           "bench_close_framing", "format_bench", "format_early_close", "format_keepalive_reuse",
-           "format_close_framing"]
+           "bench_close_framing", "bench_upstream_reuse", "format_bench", "format_early_close",
+           "format_keepalive_reuse", "format_close_framing", "format_upstream_reuse"]
 
 REQUEST = b"q" * 1000
 REPLY = b"r" * 100
@@ -194,4 +208,50 @@ def format_close_framing(report: dict[str, Any]) -> str:
              f"  {'setting':<29} {'requests':>8} {'req/s':>8} {'median':>10}"]
     for r in report["rows"]:
         lines.append(f"  {r['setting']:<29} {r['trials']:>8} {r['requests_per_s']:>8} {r['median_ms']:>7.1f} ms")
+    return "\n".join(lines)
+
+
+UPSTREAM_CONCURRENCY = (1, 8)
+
+
+def bench_upstream_reuse(requests: int = 1000) -> dict[str, Any]:
+    rows = []
+    with Topology(Trace(keep=50_000)) as topo:
+        server = topo.start_now(HttpServer(topo.trace, Config(SERVER_KNOBS, {"server.keepalive_timeout": 60.0})),
+                                "server")
+        proxy = topo.start_now(HttpProxy(topo.trace, Config(PROXY_KNOBS, {}), server.address), "proxy")
+        client = topo.loop("client")
+        for concurrency in UPSTREAM_CONCURRENCY:
+            for path, address in (("direct", server.address), ("through the proxy", proxy.address)):
+                seconds, statuses = client.call(_keepalive_gets(address, topo.trace, requests, concurrency), 300)
+                rows.append({"path": path, "concurrency": concurrency, "requests": requests,
+                             "requests_per_s": round(requests / seconds, 1), "ok": statuses.count(200)})
+    return {"scenario": "upstream-reuse", "requests": requests, "rows": rows}
+
+
+async def _keepalive_gets(address: tuple[str, int], trace: Trace, requests: int,
+                          concurrency: int) -> tuple[float, list[int | None]]:
+    """``requests`` GETs over ``concurrency`` keep-alive connections, each sending one request
+    at a time; the seconds they took and the statuses."""
+    users = [KeepAliveClient(address, trace) for _ in range(concurrency)]
+    share = [requests // concurrency + (i < requests % concurrency) for i in range(concurrency)]
+
+    async def user(c: KeepAliveClient, n: int) -> list[int | None]:
+        return [(await c.request("GET")).status for _ in range(n)]
+
+    started = time.perf_counter()
+    try:
+        done = await asyncio.gather(*(user(c, n) for c, n in zip(users, share, strict=True)))
+    finally:
+        for c in users:
+            c.close()
+    return time.perf_counter() - started, [s for statuses in done for s in statuses]
+
+
+def format_upstream_reuse(report: dict[str, Any]) -> str:
+    lines = [f"upstream-reuse: {report['requests']} keep-alive GETs (3-byte bodies) per row",
+             f"  {'path':<18} {'side by side':>12} {'req/s':>8}"]
+    for r in report["rows"]:
+        failed = f"  ({r['requests'] - r['ok']} not 200)" if r["ok"] != r["requests"] else ""
+        lines.append(f"  {r['path']:<18} {r['concurrency']:>12} {r['requests_per_s']:>8}{failed}")
     return "\n".join(lines)

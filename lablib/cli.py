@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure trials per second against bare sockets, and memory")
     p.add_argument("--trials", type=int, default=1000,
                    help="close-basics trials per mode (default 1000); early-close runs a tenth, "
-                        "keepalive-reuse and close-framing a fifth as many")
+                        "keepalive-reuse and close-framing a fifth as many, upstream-reuse as many requests per row")
     p.add_argument("--json", action="store_true")
     return parser
 
@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     with Topology(Trace(keep=10_000)) as topo:
         role = HttpServer(topo.trace, config, port=args.port) if args.role == "server" else HttpProxy(
-            topo.trace, config, port=args.port)
+            topo.trace, config, port=args.port, access_log=lambda line: print(line, flush=True))
         server = topo.start_now(role, args.role)
         host, port = server.address
         settings = ", ".join(f"{k}={v}" for k, v in config.formatted().items())
@@ -191,10 +191,12 @@ def _bench(args: argparse.Namespace) -> int:
         bench_close_framing,
         bench_early_close,
         bench_keepalive_reuse,
+        bench_upstream_reuse,
         format_bench,
         format_close_framing,
         format_early_close,
         format_keepalive_reuse,
+        format_upstream_reuse,
     )
 
     if not 10 <= args.trials <= 100_000:
@@ -203,12 +205,14 @@ def _bench(args: argparse.Namespace) -> int:
     early_close = bench_early_close(max(10, args.trials // 10))
     keepalive = bench_keepalive_reuse(max(10, args.trials // 5))
     framing = bench_close_framing(max(10, args.trials // 5))
+    upstream = bench_upstream_reuse(max(10, args.trials))
     if args.json:
         print(json.dumps({"close-basics": close_basics, "early-close": early_close, "keepalive-reuse": keepalive,
-                          "close-framing": framing}))
+                          "close-framing": framing, "upstream-reuse": upstream}))
     else:
         print(format_bench(close_basics))
         print(format_early_close(early_close))
         print(format_keepalive_reuse(keepalive))
         print(format_close_framing(framing))
+        print(format_upstream_reuse(upstream))
     return 0

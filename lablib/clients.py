@@ -45,7 +45,7 @@ from .sockets import TracedSocket, errno_name
 from .trace import Trace
 
 __all__ = ["KINDS", "FETCH_KINDS", "HTTP_VERSIONS", "Reply", "post", "fetch", "judge", "available_kinds",
-           "curl_path"]
+           "curl_path", "KeepAliveClient"]
 
 KINDS = ("raw", "http.client", "requests", "curl")
 #: the clients :func:`fetch` drives (requests speaks only HTTP/1.1)
@@ -254,6 +254,75 @@ async def _raw_fetch(address: tuple[str, int], body: bytes, http_version: str, e
         c.close()
     outcome = judge(status, received, whole=whole, expected=expected, failure=failure)
     return Reply(outcome, status, error, c.bytes_sent, time.perf_counter() - started, received)
+
+
+class KeepAliveClient:
+    """The raw client as a keep-alive load generator (lab 04): each request takes an idle
+    connection to ``address`` or opens a new one, and puts it back after a complete response.
+
+    It has no idle timeout and no check before reuse: it is meant for a peer that never closes
+    an idle connection (the lab's proxy has no downstream idle timeout), so that the only
+    keep-alive race of a run is the one between the proxy and its upstream. A connection that
+    fails is closed and the request reported (``reset`` or ``closed``), not retried.
+
+    Not covered: pipelining, and peers that close idle connections (lab 02 is about those).
+    """
+
+    def __init__(self, address: tuple[str, int], trace: Trace, actor: str = "client") -> None:
+        self.address, self.trace, self.actor = address, trace, actor
+        self.idle: list[tuple[TracedSocket, h11.Connection]] = []
+        self.opened = 0
+
+    async def request(self, method: str, target: str = PAGE, *, body: bytes = b"",
+                      headers: tuple[tuple[bytes, bytes], ...] = ()) -> Reply:
+        """One request; its Reply carries the status, the body size and the latency."""
+        started = time.perf_counter()
+        if self.idle:
+            c, conn = self.idle.pop()
+        else:
+            c, conn = await TracedSocket.connect(self.address, self.trace, self.actor), h11.Connection(h11.CLIENT)
+            self.opened += 1
+        fields = [(b"host", b"lab"), *headers]
+        if body or method == "POST":
+            fields.append((b"content-length", str(len(body)).encode()))
+        data = conn.send(h11.Request(method=method.encode(), target=target, headers=fields)) or b""
+        data += (conn.send(h11.Data(data=body)) or b"") if body else b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        status: int | None = None
+        received = 0
+        try:
+            await c.sendall(data)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await c.recv())
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    received += len(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise h11.RemoteProtocolError("connection closed before the response ended")
+        except (OSError, h11.ProtocolError) as exc:
+            c.close()
+            error = errno_name(exc) if isinstance(exc, OSError) else f"protocol error: {exc}"
+            return Reply("reset" if isinstance(exc, OSError) else "closed", status, error,
+                         latency_s=time.perf_counter() - started, received=received)
+        except BaseException:  # cancelled (the trial's deadline): the connection is in an unknown state
+            c.close()
+            raise
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self.idle.append((c, conn))
+        else:
+            c.close()
+        return Reply(str(status), status, latency_s=time.perf_counter() - started, received=received)
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        while self.idle:
+            self.idle.pop()[0].close()
 
 
 # --- real clients (blocking, run in a thread) -----------------------------------------------

@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
 
-__all__ = ["Knob", "KnobError", "Config", "choice", "flag", "seconds", "nbytes", "integer", "address"]
+__all__ = ["Knob", "KnobError", "Config", "choice", "flag", "seconds", "nbytes", "integer", "number",
+           "address"]
 
 
 class KnobError(ValueError):
@@ -40,9 +41,9 @@ _FALSE = {"0", "false", "off", "no"}
 class Knob:
     """One setting: its name, kind, default and bounds, and the real option it models.
 
-    ``kind`` is one of ``choice``, ``bool``, ``int``, ``seconds`` (a float in seconds),
-    ``bytes`` (an int) and ``address`` (``host:port`` of an IPv4 address or ``localhost``,
-    returned as a (host, port) tuple; ``""`` means unset). ``low``/``high`` bound numbers
+    ``kind`` is one of ``choice``, ``bool``, ``int``, ``number`` (a float: a rate, a share),
+    ``seconds`` (a float in seconds), ``bytes`` (an int) and ``address`` (``host:port`` of an
+    IPv4 address or ``localhost``, returned as a (host, port) tuple; ``""`` means unset). ``low``/``high`` bound numbers
     inclusively; ``None`` means unbounded.
     """
 
@@ -57,7 +58,7 @@ class Knob:
     real_default: str = ""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("choice", "bool", "int", "seconds", "bytes", "address"):
+        if self.kind not in ("choice", "bool", "int", "number", "seconds", "bytes", "address"):
             raise ValueError(f"knob {self.name}: unknown kind {self.kind!r}")
         self.parse(self.default)  # a knob's own default must be valid
 
@@ -97,6 +98,8 @@ class Knob:
             return _format_bytes(value)
         if self.kind == "address":
             return f"{value[0]}:{value[1]}" if value else "unset"
+        if self.kind == "number":
+            return f"{value:.4g}"
         return str(value)
 
     def _number(self, text: Any, original: Any) -> float:
@@ -134,6 +137,11 @@ def choice(name: str, default: str, choices: Iterable[str], help: str, **kw: Any
 
 def flag(name: str, default: bool, help: str, **kw: Any) -> Knob:
     return Knob(name, "bool", default, help, **kw)
+
+
+def number(name: str, default: float, help: str, low: float | None = 0.0, high: float | None = None,
+           **kw: Any) -> Knob:
+    return Knob(name, "number", default, help, low=low, high=high, **kw)
 
 
 def seconds(name: str, default: float, help: str, low: float = 0.0, high: float = 60.0, **kw: Any) -> Knob:
@@ -226,11 +234,13 @@ class Config(Mapping[str, Any]):
         values.update({k.replace("__", "."): v for k, v in changes.items()})
         return Config(self.knobs, values, self.owner)
 
-    def subset(self, knobs: tuple[Knob, ...], owner: str | None = None) -> "Config":
+    def subset(self, knobs: tuple[Knob, ...], owner: str | None = None,
+               fixed: Mapping[str, Any] | None = None) -> "Config":
         """A Config of ``knobs`` with this config's values for those it has (a role's share of a
-        scenario's settings)."""
-        return Config(knobs, {k.name: self.values[k.name] for k in knobs if k.name in self.values},
-                      owner or self.owner)
+        scenario's settings), and the ``fixed`` values a scenario sets for knobs it does not
+        offer."""
+        values = {k.name: self.values[k.name] for k in knobs if k.name in self.values}
+        return Config(knobs, {**(fixed or {}), **values}, owner or self.owner)
 
     def changed(self) -> dict[str, Any]:
         """The knobs whose value differs from their default."""

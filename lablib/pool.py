@@ -1,5 +1,6 @@
 """Connection-pool decisions a keep-alive client makes, as pure functions: reuse, or not;
-retry a failed request, or not. The raw client of lab 02 follows them on real sockets.
+retry a failed request, or not. The raw client of lab 02 follows them on real sockets, and
+the proxy's upstream pool of lab 04 (:mod:`lablib.roles.upstream_pool`) the ones at the end.
 
 Reuse, in the order a pool asks:
 
@@ -19,15 +20,28 @@ Retry, after a request on a connection failed before any response:
   was written, always; otherwise only an idempotent request whose reused connection failed
   before the first response byte.
 
-Not covered: Retry-After, back-off, retry budgets, and retrying more than once.
+A proxy (Envoy's router) retries by its route's ``retry_on`` (:func:`upstream_retry`):
+
+* ``none``: never (no retry policy: Envoy's default);
+* ``reset``: whenever the upstream reset or closed before responding, whether or not the
+  request was written: a POST the upstream may have acted on is sent again (envoy#10007);
+* ``reset-before-request``: only when none of the request was written (Envoy 1.31): safe for
+  every method, and so no help against a stale pooled connection, where the request was
+  written before the connection was found dead.
+
+Not covered: Retry-After, retry budgets, and (clients) retrying more than once.
 """
 
 from __future__ import annotations
 
-__all__ = ["IDEMPOTENT", "RETRY_POLICIES", "reuse_decision", "should_retry"]
+import random
+
+__all__ = ["IDEMPOTENT", "RETRY_POLICIES", "RETRY_ON", "reuse_decision", "should_retry", "upstream_retry",
+           "retry_backoff", "keep_upstream"]
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 RETRY_POLICIES = ("none", "idempotent", "go")
+RETRY_ON = ("none", "reset", "reset-before-request")
 
 
 def reuse_decision(*, server_said_close: bool, idle_s: float, idle_timeout: float,
@@ -57,3 +71,37 @@ def should_retry(policy: str, *, method: str, reused: bool, nothing_written: boo
             return False
         return nothing_written or method in IDEMPOTENT
     raise ValueError(f"retry policy {policy!r}: choose one of {', '.join(RETRY_POLICIES)}")
+
+
+def upstream_retry(retry_on: str, *, request_sent: bool, retries_done: int, num_retries: int) -> bool:
+    """Whether a proxy sends a request again after its upstream connection reset or closed
+    before any response (Envoy's ``RetryStateImpl::wouldRetryFromReset``).
+
+    ``request_sent``: some of the request reached the upstream socket. The method does not
+    matter: Envoy's ``reset`` retries a POST too, which is why ``reset-before-request`` exists.
+
+    >>> upstream_retry("reset", request_sent=True, retries_done=0, num_retries=1)
+    True
+    >>> upstream_retry("reset-before-request", request_sent=True, retries_done=0, num_retries=1)
+    False
+    """
+    if retry_on not in RETRY_ON:
+        raise ValueError(f"retry_on {retry_on!r}: choose one of {', '.join(RETRY_ON)}")
+    if retry_on == "none" or retries_done >= num_retries:
+        return False
+    return retry_on == "reset" or not request_sent
+
+
+def retry_backoff(retries_done: int, base: float, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``retries_done + 1``: Envoy's fully jittered
+    exponential back-off, a random time below ``base`` x 2^retries_done, capped at 10 x base
+    (Envoy's defaults: 25 ms and 250 ms)."""
+    return rng.uniform(0.0, min(base * 2**retries_done, 10 * base))
+
+
+def keep_upstream(*, protocol_allows: bool, served: int, max_requests: int) -> bool:
+    """Whether a proxy puts an upstream connection back in its pool after a response:
+    ``protocol_allows`` (both messages complete, no Connection: close, not HTTP/1.0 without
+    keep-alive: what h11 says) and fewer than ``max_requests`` served on it (0: no limit;
+    Envoy's upstream max_requests_per_connection)."""
+    return protocol_allows and not (max_requests and served >= max_requests)

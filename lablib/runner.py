@@ -27,6 +27,7 @@ import pandas as pd
 from . import kernel
 from .capture import Capture, CaptureError, probe
 from .knobs import Config, KnobError
+from .loops import sleep_until
 from .result import Result
 from .scenarios import get as get_scenario
 from .scenarios.base import Lab, Scenario
@@ -37,6 +38,8 @@ __all__ = ["run", "arun", "Progress", "MAX_TRIALS"]
 
 MAX_TRIALS = 100_000
 MAX_PARALLEL = 256
+#: how long after the run is ready an open-loop workload's clock starts
+START_LEAD = 0.05
 #: seconds a run may take beyond its trials' deadlines before it is declared stuck
 SLACK = 15.0
 
@@ -49,8 +52,9 @@ _CANCEL = object()
 
 class _Run:
     def __init__(self, scenario: Scenario, config: Config, trials: int, deadline: float, parallel: int,
-                 on_progress: Progress | None, capture: bool = False) -> None:
+                 on_progress: Progress | None, capture: bool = False, starts: list[float] | None = None) -> None:
         self.scenario, self.config, self.trials = scenario, config, trials
+        self.starts = starts
         self.deadline, self.parallel, self.on_progress = deadline, parallel, on_progress
         self.capture = capture
         self.inbox: queue.Queue[Any] = queue.Queue()
@@ -84,6 +88,8 @@ class _Run:
                 before = kernel.read_counters()
                 future = client.submit(self._all_trials(lab))
                 budget = math.ceil(self.trials / self.parallel) * (self.deadline + 1.0) + SLACK
+                if self.starts:
+                    budget += self.starts[-1]
                 stop_at = time.monotonic() + budget
                 while True:
                     try:
@@ -113,13 +119,21 @@ class _Run:
         return result
 
     async def _all_trials(self, lab: Lab) -> None:
+        begin = time.monotonic() + START_LEAD
+
+        async def on_time(index: int) -> None:
+            if self.starts is not None:  # an open-loop workload: each trial on its own clock
+                await sleep_until(begin + self.starts[index])
+
         if self.parallel == 1:
             for index in range(self.trials):
+                await on_time(index)
                 await self._one(lab, index, counters=True)
         else:
             gate = asyncio.Semaphore(self.parallel)
 
             async def gated(index: int) -> None:
+                await on_time(index)
                 async with gate:
                     await self._one(lab, index, counters=False)
 
@@ -192,7 +206,15 @@ def _prepare(scenario: str | Scenario, trials: int | None, config: Mapping[str, 
              capture: bool = False) -> _Run:
     sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
     cfg = sc.configure(config)
-    n = sc.default_trials if trials is None else trials
+    starts = sc.schedule(cfg) if sc.open_loop else None
+    if starts is not None:
+        if trials is not None:
+            raise KnobError(f"trials={trials!r}: {sc.name} makes its requests from workload.rate and "
+                            f"workload.duration ({len(starts)} with these settings); leave trials out")
+        if not starts:
+            raise KnobError(f"{sc.name}: no request arrives within workload.duration at workload.rate; "
+                            "raise either")
+    n = (sc.default_trials if trials is None else trials) if starts is None else len(starts)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_TRIALS:
         raise KnobError(f"trials={n!r}: must be a whole number between 1 and {MAX_TRIALS}")
     limit = sc.default_deadline if deadline is None else deadline
@@ -208,13 +230,15 @@ def _prepare(scenario: str | Scenario, trials: int | None, config: Mapping[str, 
         support = probe()
         if not support:
             raise CaptureError(f"capture: {support.reason}")
-    return _Run(sc, cfg, n, float(limit), min(width, n, MAX_PARALLEL), on_progress, bool(capture))
+    return _Run(sc, cfg, n, float(limit), min(width, n, MAX_PARALLEL), on_progress, bool(capture), starts)
 
 
 def run(scenario: str | Scenario, trials: int | None = None, config: Mapping[str, Any] | Config | None = None,
         *, deadline: float | None = None, parallel: int | None = None,
         on_progress: Progress | None = None, capture: bool = False) -> Result:
     """Run ``trials`` trials of ``scenario`` with knob values ``config``; block until done.
+    An open-loop scenario (lab 04) sets its own trials from its workload knobs: leave
+    ``trials`` out.
 
     ``deadline`` is seconds per trial; ``parallel`` how many trials may run side by side
     (scenarios that read counters per trial allow only 1). ``capture=True`` also records the

@@ -26,7 +26,7 @@ import struct
 import termios
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import kernel
 from .tcpinfo import TCP_INFO_BUFFER, parse_tcp_info
@@ -79,6 +79,7 @@ class TracedSocket:
         self.accept_index = -1  # set by the role that accepted it: 0 for its first connection
         # fd registrations of pending waits (writable -> future), so close() can undo them
         self._waits: dict[bool, asyncio.Future[None]] = {}
+        self._watching = False  # a watch() callback is registered
         with _open_lock:
             _open.add(self)
 
@@ -143,17 +144,48 @@ class TracedSocket:
         """One ``recv()`` that returned: data, ``b""`` for EOF; raises ConnectionResetError
         and friends after recording them."""
         while True:
+            data = self.recv_now(size)
+            if data is not None:
+                return data
+            await self._wait(writable=False)
+
+    def recv_now(self, size: int = 65536) -> bytes | None:
+        """One non-blocking ``recv()``: data, ``b""`` for EOF, or None if nothing is pending;
+        raises ConnectionResetError and friends after recording them. For a callback that
+        runs when the socket is readable (:meth:`watch`)."""
+        try:
+            data = self.sock.recv(size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            self._record("recv", result=errno_name(exc))
+            raise
+        self.bytes_received += len(data)
+        self._record("recv", nbytes=len(data), result="ok" if data else "eof")
+        return data
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on the running loop, as one of the loop's reader callbacks, each
+        time the socket is readable (data, EOF or an error pending), until :meth:`unwatch` or
+        close. Unlike awaiting :meth:`recv`, whose task wakes one loop iteration after the
+        readiness, the callback runs in the iteration whose poll saw it: what an event loop
+        in C (libevent, Envoy's dispatcher) does with a file event."""
+        if self.closed:
+            raise OSError(errno.EBADF, "socket already closed")
+        loop = asyncio.get_running_loop()
+        if self._watching:
+            self.unwatch()
+        loop.add_reader(self.sock.fileno(), callback)
+        self._watching = True
+
+    def unwatch(self) -> None:
+        """Stop the :meth:`watch` callback (nothing if none)."""
+        if self._watching:
+            self._watching = False
             try:
-                data = self.sock.recv(size)
-            except BlockingIOError:
-                await self._wait(writable=False)
-                continue
-            except OSError as exc:
-                self._record("recv", result=errno_name(exc))
-                raise
-            self.bytes_received += len(data)
-            self._record("recv", nbytes=len(data), result="ok" if data else "eof")
-            return data
+                asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            except RuntimeError:  # teardown after the loop stopped
+                pass
 
     async def send(self, data: bytes | memoryview) -> int:
         """One ``send()`` that returned: how many bytes the kernel took (maybe fewer than given)."""
@@ -372,6 +404,7 @@ class TracedSocket:
 
     def _drop_waits(self) -> None:
         """Before the fd closes: unregister pending waits, and wake their callers with EBADF."""
+        self.unwatch()
         if not self._waits:
             return
         try:

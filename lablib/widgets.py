@@ -48,7 +48,7 @@ def control_for(knob: Knob, value: Any = None) -> w.Widget:
         return w.BoundedIntText(value=value, min=int(knob.low if knob.low is not None else -10**9),
                                 max=int(knob.high if knob.high is not None else 10**9),
                                 description=knob.name, style=style, layout=layout, tooltip=tip)
-    # seconds and bytes: text, so units (250ms, 8MiB) work and bad input gets the knob's message
+    # numbers, seconds and bytes: text, so units (250ms, 8MiB) work and bad input gets the knob's message
     return w.Text(value=knob.format(value), description=knob.name, style=style, layout=layout, tooltip=tip)
 
 
@@ -75,6 +75,8 @@ class LabForm:
         self.trials = w.BoundedIntText(value=trials or self.scenario.default_trials, min=1, max=100_000,
                                        description="trials", style={"description_width": "190px"},
                                        layout=w.Layout(width="420px"))
+        if self.scenario.open_loop:  # its workload knobs make its trials
+            self.trials.layout.display = "none"
         self.button = w.Button(description="Run", button_style="primary", icon="play")
         self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="300px"))
         self.status = w.HTML(value="")
@@ -110,9 +112,9 @@ class LabForm:
         values = self._checked_values()
         if values is None:
             return None
-        self._begin()
+        self._begin(values)
         try:
-            result = run(self.scenario, self.trials.value, values, on_progress=self._progress)
+            result = run(self.scenario, self._trial_count(), values, on_progress=self._progress)
         finally:
             self._end()
         self._show(result)
@@ -123,12 +125,12 @@ class LabForm:
         values = self._checked_values()
         if values is None:
             return None
-        self._begin()
+        self._begin(values)
         return await self._execute(values)
 
     async def _execute(self, values: dict[str, Any]) -> Result:
         try:
-            result = await arun(self.scenario, self.trials.value, values, on_progress=self._progress)
+            result = await arun(self.scenario, self._trial_count(), values, on_progress=self._progress)
         except asyncio.CancelledError:
             self.status.value = "stopped"
             raise
@@ -152,7 +154,7 @@ class LabForm:
         values = self._checked_values()
         if values is None:
             return
-        self._begin()  # the button says Stop at once, before the task first runs
+        self._begin(values)  # the button says Stop at once, before the task first runs
         self.task = loop.create_task(self._execute(values))
         self.task.add_done_callback(_retrieve)
 
@@ -163,8 +165,12 @@ class LabForm:
             self.status.value = f"<span style='color:#c62828'>{_escape(str(exc))}</span>"
             return None
 
-    def _begin(self) -> None:
-        self.progress.max = self.trials.value
+    def _trial_count(self) -> int | None:
+        return None if self.scenario.open_loop else self.trials.value
+
+    def _begin(self, values: dict[str, Any]) -> None:
+        planned = self.scenario.schedule(self.scenario.configure(values)) if self.scenario.open_loop else None
+        self.progress.max = max(1, len(planned)) if planned is not None else self.trials.value
         self.progress.value = 0
         self.status.value = "running..."
         self.button.description, self.button.icon, self.button.button_style = "Stop", "stop", "warning"

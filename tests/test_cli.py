@@ -148,3 +148,7 @@ def test_bench_reports_lablib_and_bare_sockets_side_by_side():
     # a request that waits for the 1 s timer cannot go faster than one a second
     held, skipped = framing["delayed close, skip off"], framing["delayed close, skip on"]
     assert held["requests_per_s"] < 1.05 < skipped["requests_per_s"]
+    upstream = report["upstream-reuse"]["rows"]
+    assert {(r["path"], r["concurrency"]) for r in upstream} == {
+        (path, c) for path in ("direct", "through the proxy") for c in (1, 8)}
+    assert all(r["ok"] == r["requests"] == 50 and r["requests_per_s"] > 0 for r in upstream)

@@ -1,6 +1,7 @@
 """The Envoy-like proxy: what it forwards, what it answers itself, and outside clients through
 ``serve server`` and ``serve proxy`` running as real processes."""
 
+import concurrent.futures
 import http.client
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 
 from lablib.knobs import Config
 from lablib.roles.proxy import PROXY_KNOBS, HttpProxy
+from lablib.roles.server import SERVER_KNOBS, HttpServer
 from lablib.topology import Topology
 from lablib.trace import Trace
 
@@ -47,7 +49,10 @@ class RecordingUpstream:
                         break
                     data += chunk
                 self.heads.append(data.split(b"\r\n\r\n")[0].decode().lower())
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                self.respond(conn)
+
+    def respond(self, conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
 
     def close(self):
         self.listener.close()
@@ -213,3 +218,115 @@ def test_curl_http10_through_serve_proxy_waits_for_the_delayed_close_unless_it_i
         assert low <= seconds < high
     finally:
         stop(proc)
+
+
+class DyingUpstream(RecordingUpstream):
+    """Reads each request head; closes the first ``fail`` connections without a response (as
+    a server that timed out the connection would, seen from the request), answers the rest."""
+
+    def __init__(self, fail):
+        self.fail = fail
+        super().__init__()
+
+    def respond(self, conn):
+        if len(self.heads) > self.fail:
+            super().respond(conn)
+
+
+@pytest.mark.parametrize("method, retry_on, status, attempts, written_retried", [
+    ("GET", "none", 503, 1, False),
+    ("GET", "reset", 200, 2, True),
+    ("POST", "reset", 200, 2, True),  # sent again though the upstream may have acted on it
+    ("POST", "reset-before-request", 503, 1, False),  # it was written: not sent again
+    ("GET", "reset-before-request", 503, 1, False),  # the same for a GET: written is written
+])
+def test_an_upstream_that_closes_without_a_response(method, retry_on, status, attempts, written_retried):
+    dying = DyingUpstream(fail=1)
+    config = Config(PROXY_KNOBS, {"proxy.retry_on": retry_on, "proxy.retry_backoff": 0.001})
+    try:
+        with Topology(Trace()) as topo:
+            proxy = topo.start_now(HttpProxy(topo.trace, config, dying.address), "proxy")
+            conn = http.client.HTTPConnection(*proxy.address, timeout=5)
+            conn.request(method, "/", body=b"x" * 10 if method == "POST" else None, headers={"X-Request-Id": "r1"})
+            response = conn.getresponse()
+            body = response.read()
+            conn.close()
+            record = topo.loop("proxy").call(proxy.exchanges.wait("r1", 5), 6)
+    finally:
+        dying.close()
+    assert response.status == status
+    if status == 503:
+        assert b"reset reason: connection termination" in body
+    assert (record["flag"], record["attempts"], record["written_retried"]) == ("UC", attempts, written_retried)
+    assert len(dying.heads) == attempts
+
+
+def test_the_pool_reuses_a_keep_alive_upstream_connection():
+    with Topology(Trace()) as topo:
+        server = topo.start_now(HttpServer(topo.trace, Config(SERVER_KNOBS, {})), "server")
+        proxy = topo.start_now(HttpProxy(topo.trace, Config(PROXY_KNOBS, {}), server.address), "proxy")
+        for i in range(3):
+            conn = http.client.HTTPConnection(*proxy.address, timeout=5)  # a new client connection each time
+            conn.request("GET", "/", headers={"X-Request-Id": f"r{i}"})
+            assert conn.getresponse().read() == b"ok\n"
+            conn.close()
+        records = [topo.loop("proxy").call(proxy.exchanges.wait(f"r{i}", 5), 6) for i in range(3)]
+    assert server.accepted_count == 1
+    assert [r["upstreams"][0].split(" (")[1] for r in records][0] == "new)"
+    assert all("reused after" in r["upstreams"][0] for r in records[1:])
+
+
+@pytest.fixture(scope="module")
+def silently_closing_server():
+    """Closes every connection right after its one response, without Connection: close."""
+    proc, port = serve("server", "--set", "server.max_requests_per_connection=1",
+                       "--set", "server.connection_close_header=off")
+    yield port
+    stop(proc)
+
+
+def eight_sessions_of_ten_gets(port):
+    import requests
+
+    def one_user(_):
+        with requests.Session() as session:
+            return [session.get(f"http://127.0.0.1:{port}/", timeout=10).status_code for _ in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(one_user, range(8)), [])
+
+
+def test_requests_through_serve_proxy_meet_envoy_2715_and_the_access_log_says_503_uc(silently_closing_server):
+    """Eight users share the proxy's one upstream connection; the server closes it after each
+    response without saying so. Handed over at once, it is dead; after the next poll, the pool
+    has seen the FIN and opens a new one for most of them."""
+    codes, logs = {}, {}
+    for attach in ("off", "on"):
+        proc, port = serve("proxy", "--set", f"proxy.upstream=127.0.0.1:{silently_closing_server}",
+                           "--set", "proxy.max_connections=1", "--set", f"proxy.attach_on_next_iteration={attach}")
+        try:
+            codes[attach] = eight_sessions_of_ten_gets(port)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            logs[attach], _ = proc.communicate(timeout=10)
+    assert set(codes["off"]) <= {200, 503} and set(codes["on"]) <= {200, 503}
+    assert codes["off"].count(503) >= 16, codes["off"]
+    assert codes["on"].count(503) < codes["off"].count(503), (codes["on"].count(503), codes["off"].count(503))
+    assert logs["off"].count(" 503 UC ") == codes["off"].count(503)
+    assert "(handed over)" in logs["off"]
+
+
+def test_curl_through_serve_proxy_reuses_the_pooled_connection(streaming_server):
+    if not shutil.which("curl"):
+        pytest.skip("curl is not installed")
+    proc, port = serve("proxy", "--set", f"proxy.upstream=127.0.0.1:{streaming_server}")
+    try:
+        for _ in range(2):
+            out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/"],
+                                 capture_output=True, text=True, timeout=30)
+            assert out.stdout == "200", out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        log, _ = proc.communicate(timeout=10)
+    first, second = [line for line in log.splitlines() if line.startswith("GET / ")]
+    assert first.endswith("(new)") and "reused after" in second

@@ -66,3 +66,11 @@ def test_in_a_running_loop_a_click_starts_a_task_and_a_second_click_stops_it():
 def test_a_form_for_an_unknown_knob_fails_with_the_knob_error():
     with pytest.raises(KnobError, match="unknown knob 'close.mod'"):
         form("close-basics", knobs=["close.mod"])
+
+
+def test_an_open_loop_lab_has_no_trials_box_its_workload_sets_the_requests():
+    f = form("upstream-reuse", ladder=False, values={"workload.duration": 0.5, "workload.rate": 40})
+    assert f.trials.layout.display == "none"
+    assert isinstance(f.controls["workload.rate"], w.Text)  # a number knob: typed, checked on Run
+    f.run()
+    assert f.progress.max == f.result.n == f.progress.value > 0

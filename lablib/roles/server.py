@@ -6,13 +6,16 @@ an HTTP/1.1 peer, ended by the close to an HTTP/1.0 one), keeps connections aliv
 them the way the settings say:
 
 * idle for ``server.keepalive_timeout`` between requests: ``close()`` (a FIN; nothing is
-  unread), the race of lab 02: the idle timer starts when the response has been written;
+  unread), the race of lab 02: the idle timer starts when the response has been written (a
+  new connection waits for its first request without it);
 * a request whose Content-Length exceeds ``server.max_request_bytes``: ``413`` with
   Connection: close at once, without reading the body (even when the client sent
   ``Expect: 100-continue`` and waits), then ``server.close_mode`` (see :mod:`lablib.closing`),
   the race of lab 01; a request within the limit that expects it gets ``100 Continue``;
 * the ``server.max_requests_per_connection``-th response carries Connection: close, and
-  the server closes after it.
+  the server closes after it; with ``server.connection_close_header`` off it closes all the
+  same but does not say so (a FIN right behind the response, the case of envoy#2715 and of
+  the Express upstream of #23625).
 
 Each connection's summary (see :class:`~lablib.roles.base.ListeningRole`) gives the statuses
 sent, the bytes unread at the final close, the FIN/RST its calls sent, and, after an early
@@ -33,7 +36,7 @@ import h11
 
 from ..closing import CLOSE_MODES, end_connection
 from ..http import content_length, continue_bytes, describe_request, response_bytes
-from ..knobs import Config, choice, integer, nbytes, seconds
+from ..knobs import Config, choice, flag, integer, nbytes, seconds
 from ..sockets import TracedSocket
 from ..trace import Trace
 from .base import ListeningRole
@@ -56,6 +59,10 @@ SERVER_KNOBS = (
     integer("server.max_requests_per_connection", 0,
             "Announce Connection: close on this response number and close after it (0: no limit)",
             models="nginx keepalive_requests; Envoy max_requests_per_connection", real_default="1000; unlimited"),
+    flag("server.connection_close_header", True,
+         "Say Connection: close on the response after which the server closes (max_requests_per_connection); "
+         "off: close without saying so", models="what nginx and Go do (on); Node/Express closing silently (off)",
+         real_default="on"),
     nbytes("server.response_bytes", 3, "Size of the body of a 200 response", low=0, high=64 * 1024**2),
     choice("server.response_framing", "length", ("length", "chunked"),
            "How a 200 response's end is marked: Content-Length, or chunked (no length, as a streaming backend)",
@@ -86,7 +93,9 @@ class HttpServer(ListeningRole):
         served = 0
         try:
             while True:
-                request = await self._next_event(s, conn, idle=True)
+                # the keep-alive timer runs between requests, not before the first (servers
+                # give that one a longer header timeout: nginx client_header_timeout, Node headersTimeout)
+                request = await self._next_event(s, conn, idle=served > 0)
                 if not isinstance(request, h11.Request):
                     summary["ended_by"] = summary["ended_by"] or "client closed"
                     return
@@ -115,13 +124,14 @@ class HttpServer(ListeningRole):
                 self.requests += 1
                 limit = cfg["server.max_requests_per_connection"]
                 last = bool(limit and served >= limit) or cfg["server.keepalive_timeout"] == 0
+                said = last and cfg["server.connection_close_header"]
                 chunked = cfg["server.response_framing"] == "chunked"
-                await s.sendall(response_bytes(conn, 200, self.body, close=last, length=not chunked))
+                await s.sendall(response_bytes(conn, 200, self.body, close=said, length=not chunked))
                 summary["statuses"].append(200)
-                self.note(s, "200 OK" + (" (no length)" if chunked else "") + (", Connection: close" if last else ""))
-                if conn.our_state is h11.MUST_CLOSE:
+                self.note(s, "200 OK" + (" (no length)" if chunked else "") + (", Connection: close" if said else ""))
+                if last or conn.our_state is h11.MUST_CLOSE:
                     s.close()
-                    summary["ended_by"] = "Connection: close"
+                    summary["ended_by"] = "Connection: close" if said else "closed without Connection: close"
                     return
                 conn.start_next_cycle()
         except (OSError, h11.ProtocolError) as exc:

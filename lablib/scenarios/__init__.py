@@ -8,10 +8,12 @@ from .close_basics import CloseBasics
 from .close_framing import CloseFraming
 from .early_close import EarlyClose
 from .keepalive_reuse import KeepaliveReuse
+from .upstream_reuse import UpstreamReuse
 
 __all__ = ["Scenario", "Lab", "get", "names", "all_scenarios"]
 
-_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose(), KeepaliveReuse(), CloseFraming())}
+_REGISTRY: dict[str, Scenario] = {s.name: s for s in (CloseBasics(), EarlyClose(), KeepaliveReuse(), CloseFraming(),
+                                                   UpstreamReuse())}
 
 
 def names() -> list[str]:

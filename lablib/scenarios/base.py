@@ -56,6 +56,9 @@ class Scenario:
     parallel_ok: bool = False
     #: the lab notebook that teaches this scenario
     notebook: str = ""
+    #: True when the knobs set the trials and when each starts (:meth:`schedule`): an
+    #: open-loop workload, whose trials are requests that arrive on their own clock
+    open_loop: bool = False
 
     def configure(self, values: Mapping[str, Any] | Config | None = None) -> Config:
         """A validated :class:`Config`; raises KnobError naming a bad knob or value."""
@@ -64,6 +67,12 @@ class Scenario:
         config = Config(self.knobs, dict(values or {}), owner=self.name)
         self.validate(config)
         return config
+
+    def schedule(self, config: Config) -> list[float] | None:
+        """For an :attr:`open_loop` scenario, when each trial starts, in seconds after the
+        first may; their number is the number of trials. None: the caller says how many, and
+        they start as soon as they may."""
+        return None
 
     def validate(self, config: Config) -> None:
         """Check knobs that depend on each other; raise KnobError. Default: nothing to check."""

@@ -44,7 +44,7 @@ from typing import Any
 from .. import clients
 from ..exercises import grade
 from ..knobs import Config, KnobError, choice, nbytes
-from ..roles.proxy import PROXY_KNOBS, HttpProxy
+from ..roles.proxy import ONE_REQUEST_PER_CONNECTION, PROXY_KNOBS, HttpProxy
 from ..roles.server import RESPONSE_KNOBS, SERVER_KNOBS, HttpServer
 from .base import Lab, Scenario
 
@@ -111,7 +111,8 @@ class CloseFraming(Scenario):
     async def setup(self, lab: Lab) -> None:
         cfg = lab.config
         server = await lab.start("server", HttpServer(lab.trace, cfg.subset(SERVER_KNOBS, "the server")))
-        await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(PROXY_KNOBS, "the proxy"), upstream=server.address))
+        await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(
+                PROXY_KNOBS, "the proxy", fixed=ONE_REQUEST_PER_CONNECTION), upstream=server.address))
         lab.state["body"] = body = b"x" * cfg["client.body_bytes"]
         if body and cfg["client.kind"] == "curl":
             fd, path = tempfile.mkstemp(prefix="lablib-body-")

@@ -34,7 +34,7 @@ from typing import Any
 from .. import clients
 from ..exercises import grade
 from ..knobs import Config, KnobError, choice, flag, nbytes
-from ..roles.proxy import CLOSE_FRAMING_KNOBS, PROXY_KNOBS, HttpProxy
+from ..roles.proxy import CLOSE_FRAMING_KNOBS, ONE_REQUEST_PER_CONNECTION, POOL_KNOBS, PROXY_KNOBS, HttpProxy
 from ..roles.server import RESPONSE_KNOBS, SERVER_KNOBS, HttpServer
 from .base import Lab, Scenario
 
@@ -42,9 +42,9 @@ __all__ = ["EarlyClose", "KNOBS", "check_prediction"]
 
 #: the server knobs, with envoy#2929's limit (its buffer filter allowed 512 bytes)
 _SERVER = tuple(dataclasses.replace(k, default=512) if k.name == "server.max_request_bytes" else k
-                for k in SERVER_KNOBS if k.name not in RESPONSE_KNOBS)
+                for k in SERVER_KNOBS if k.name not in (*RESPONSE_KNOBS, "server.connection_close_header"))
 #: the proxy knobs of this lab (it wires proxy.upstream; lab 03 has the close-framing ones)
-_PROXY = tuple(k for k in PROXY_KNOBS if k.name not in ("proxy.upstream", *CLOSE_FRAMING_KNOBS))
+_PROXY = tuple(k for k in PROXY_KNOBS if k.name not in ("proxy.upstream", *CLOSE_FRAMING_KNOBS, *POOL_KNOBS))
 
 KNOBS = (
     choice("topology", "direct", ("direct", "proxy"),
@@ -93,7 +93,8 @@ class EarlyClose(Scenario):
         cfg = lab.config
         server = await lab.start("server", HttpServer(lab.trace, cfg.subset(SERVER_KNOBS, "the server")))
         if cfg["topology"] == "proxy":
-            await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(PROXY_KNOBS, "the proxy"), upstream=server.address))
+            await lab.start("proxy", HttpProxy(lab.trace, cfg.subset(
+                PROXY_KNOBS, "the proxy", fixed=ONE_REQUEST_PER_CONNECTION), upstream=server.address))
         lab.state["body"] = body = b"x" * cfg["client.body_bytes"]
         if cfg["client.kind"] == "curl":
             fd, path = tempfile.mkstemp(prefix="lablib-body-")
