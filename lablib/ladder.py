@@ -162,8 +162,13 @@ def _direction(conn: str, evs: list[Event], src: str, dst: str) -> list[Segment]
         failed = next((x for x in theirs if x.result in _RESET_EVIDENCE), None)
         closed = next((e for e in mine if e.op in ("close", "abort")), None)
         if failed is not None and closed is not None and closed.t_ns <= failed.t_ns:
-            trigger = [x for x in theirs if x.op == "send" and x.result == "ok" and closed.t_ns <= x.t_ns <= failed.t_ns]
-            start = trigger[-1].t_ns if trigger else failed.t_ns
+            sent = [x for x in theirs if x.op == "send" and x.result == "ok"]
+            in_flight = sum(x.nbytes for x in sent if x.t_ns < closed.t_ns) > sum(
+                e.nbytes for e in mine if e.op == "recv" and e.result == "ok")
+            after = [x.t_ns for x in sent if closed.t_ns <= x.t_ns <= failed.t_ns]
+            # bytes still on their way at the close draw the RST as soon as they arrive; else the
+            # first write after the close does
+            start = closed.t_ns if in_flight else after[0] if after else failed.t_ns
             out.append(Segment("RST", src, dst, start, failed.t_ns, f"RST from {src}'s kernel", conn,
                                cause=f"{src}'s kernel: data for a closed socket"))
     return out

@@ -8,9 +8,11 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -330,3 +332,25 @@ def test_curl_through_serve_proxy_reuses_the_pooled_connection(streaming_server)
         log, _ = proc.communicate(timeout=10)
     first, second = [line for line in log.splitlines() if line.startswith("GET / ")]
     assert first.endswith("(new)") and "reused after" in second
+
+
+@pytest.mark.parametrize("ending", ["FIN", "RST"])
+def test_a_client_that_goes_away_mid_upload_gives_back_the_pools_only_connection(ending):
+    with Topology(Trace()) as topo:
+        server = topo.start_now(HttpServer(topo.trace, Config(SERVER_KNOBS, {"server.max_request_bytes": BIG})),
+                                "server")
+        proxy = topo.start_now(HttpProxy(topo.trace, Config(PROXY_KNOBS, {"proxy.max_connections": 1}),
+                                         server.address), "proxy")
+        leaving = socket.create_connection(proxy.address, timeout=5)
+        leaving.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1000)
+        deadline = time.monotonic() + 5
+        while server.accepted_count == 0 and time.monotonic() < deadline:  # the proxy took its connection
+            time.sleep(0.001)
+        if ending == "RST":
+            leaving.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        leaving.close()
+        conn = http.client.HTTPConnection(*proxy.address, timeout=5)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"ok\n")
+        conn.close()

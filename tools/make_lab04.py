@@ -379,13 +379,13 @@ md("""
 
 The proxy's timer starts when the response arrives, 3 ms after the upstream's, and a request it
 sends on the connection takes another 3 ms to arrive. So the proxy must give up a connection
-by K − 2d = 24 ms, less a little for timers that fire late: 20 ms is a good answer. (In
-seconds terms: 30 s upstream, 20–25 s proxy; the common advice "a few seconds below the
-upstream's" is this rule with room for slow networks.)
+by K − 2d = 24 ms, less a little for timers that fire late: 15 to 20 ms is a good answer,
+and the cell below checks 15. (In seconds terms: 30 s upstream, 20–25 s proxy; the common
+advice "a few seconds below the upstream's" is this rule with room for slow networks.)
 """),
 code("""
 # NBVAL_CHECK_OUTPUT
-right, _ = check_idle_timeout({"upstream_idle_timeout_ms": 20}, keepalive=0.030, delay=0.003)
+right, _ = check_idle_timeout({"upstream_idle_timeout_ms": 15}, keepalive=0.030, delay=0.003)
 print("this solution, run now, is graded right:", "yes" if right else "no")
 """, hidden=True),
 md("""

@@ -255,23 +255,27 @@ class HttpProxy(ListeningRole):
             self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
             self.note(up, f"request {up.served + 1} on this connection ({how})")
             sent_before = up.sock.bytes_sent
-            if first:
-                first = False
-                write_error = await self._send_body(down, dconn, up, up.h11.send(head) or b"",
-                                                    cfg["proxy.buffer_request"], body)
-                if write_error is None and dconn.their_state is h11.ERROR:
-                    self.pool.discard(up, "the client went away mid-upload")
-                    return None
-            else:
-                write_error = await _resend(up, head, body or [])
+            try:
+                if first:
+                    first = False
+                    write_error = await self._send_body(down, dconn, up, up.h11.send(head) or b"",
+                                                        cfg["proxy.buffer_request"], body)
+                    if write_error is None and dconn.their_state is h11.ERROR:
+                        self.pool.discard(up, "the client went away mid-upload")
+                        return None
+                else:
+                    write_error = await _resend(up, head, body or [])
+                response, response_body, error = None, b"", write_error
+                if write_error:
+                    summary["upstream_error"] = write_error
+                    self.note(up, f"upstream write failed: {write_error}")
+                if not write_error or cfg["proxy.read_response_on_write_error"]:
+                    response, response_body, read_error = await _read_response(up)
+                    error = error or read_error
+            except BaseException:  # the client's socket failed, or the proxy is stopping
+                self.pool.discard(up, "the request was abandoned")
+                raise
             written = up.sock.bytes_sent > sent_before
-            response, response_body, error = None, b"", write_error
-            if write_error:
-                summary["upstream_error"] = write_error
-                self.note(up, f"upstream write failed: {write_error}")
-            if not write_error or cfg["proxy.read_response_on_write_error"]:
-                response, response_body, read_error = await _read_response(up)
-                error = error or read_error
             if response is not None:
                 self.pool.release(up)
                 return (response.status_code, response_body, forwardable(response.headers), "forwarded",

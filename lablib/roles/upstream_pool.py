@@ -95,11 +95,15 @@ class UpstreamPool:
         self.waiters.append(waiter)
         try:
             up = await waiter
-            up.picked_idle_ms = None
-            return up, "handed over" if up.served else "new (waited)"
+        except asyncio.CancelledError:  # its request went away; a connection handed to it goes back
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.discard(waiter.result(), "its request went away while it was handed over")
+            raise
         finally:
             if waiter in self.waiters:
                 self.waiters.remove(waiter)
+        up.picked_idle_ms = None
+        return up, "handed over" if up.served else "new (waited)"
 
     def release(self, up: Upstream) -> bool:
         """Put ``up`` back after a complete response, or close it if it must close; True if
