@@ -54,8 +54,9 @@ def test_without_a_mitigation_over_one_percent_get_503_uc(runs):
     # each took a pooled connection idle for about the keep-alive timeout (20 ms): in the window
     # one round trip (4 ms) wide below it, give or take the loops' lateness; none a fresh one
     assert idle.notna().all()
-    assert idle.min() > 20 - 4 - 4 and 20 - 4 - 1 < idle.median() < 20, idle.describe()
-    assert idle.quantile(0.9) < 20 + 2, idle.describe()
+    assert 20 - 4 - 1 < idle.median() < 20, idle.describe()
+    assert idle.quantile(0.1) > 20 - 4 - 3 and idle.quantile(0.9) < 20 + 3, idle.describe()
+    assert idle.min() > 20 / 2, idle.describe()  # a connection idle half the timeout never failed
     assert (result.trials["attempts"] == 1).all()
 
 

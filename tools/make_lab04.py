@@ -142,12 +142,13 @@ none.trials[none.trials["outcome"] == "503 UC"].head(3)[["method", "arrival_s", 
 md("""
 Each failing request took a connection that had been idle for a little less than K = 20 ms
 (`idle_ms`). The ladder of the first one shows the crossing. Read it from the top: the
-client's request reaches the proxy, the proxy writes it into the pooled connection. On the
-server's lane the keep-alive timer fires and the server closes: its FIN and the request pass
-each other in the delay line. The server's kernel answers the request with RST (the delay
+connection's handshake, then the response to the request before this one, which starts the
+server's keep-alive timer, and the idle time. The client's request reaches the proxy, the
+proxy writes it into the pooled connection. On the server's lane the keep-alive timer fires
+and the server closes: its FIN and the request pass each other in the delay line. The server's kernel answers the request with RST (the delay
 line relays it as an abort); the proxy reads EOF, closes the dead connection and answers
-the client with its own 503. The connection's handshake at the top happened long before (the
-rows are in order of time, not to scale; the left column gives the times).
+the client with its own 503. The rows are in order of time, not to scale: the left column
+gives the times.
 """),
 code("""
 first = int(none.trials.loc[none.trials["outcome"] == "503 UC", "trial"].iloc[0])

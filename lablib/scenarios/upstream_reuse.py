@@ -180,14 +180,17 @@ def _plan(config: Config | dict[str, Any]) -> list[Any]:
 def request_events(result: Any, trial: int, margin_ms: float = 5.0) -> list[Event]:
     """The events of one request of an ``upstream-reuse`` run, for a ladder: the client's
     calls of that trial, and the proxy's, delay line's and server's on the upstream
-    connections it used, from its first call until ``margin_ms`` after its last (a pooled
-    connection carries other requests before and after it), plus each connection's connect
-    and accept, which may be much earlier (draw it with ``scale="order"``)."""
+    connections it used, from the end of the request before it on that connection (its idle
+    time, and ``margin_ms``, before the request) until ``margin_ms`` after its last call (a
+    pooled connection carries other requests before and after it), plus each connection's
+    connect and accept, which may be much earlier (draw it with ``scale="order"``)."""
     row = result.trials.set_index("trial").loc[trial]
     mine = [e for e in result.trace.events() if e.actor == "client" and e.trial == trial]
     if not mine:
         return []
-    start, end = mine[0].t_ns, mine[-1].t_ns + int(margin_ms * 1e6)
+    idle = 0.0 if math.isnan(row["idle_ms"]) else float(row["idle_ms"])
+    start = mine[0].t_ns - int((idle + margin_ms) * 1e6)
+    end = mine[-1].t_ns + int(margin_ms * 1e6)
     conns = {e.conn for e in mine if e.conn}
     conns |= {part.split(" ")[0] for part in str(row["upstreams"]).split("; ") if part != "-"}
     everything = result.trace.events()
