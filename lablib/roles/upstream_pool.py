@@ -111,7 +111,9 @@ class UpstreamPool:
         up.served += 1
         protocol_allows = up.h11.our_state is h11.DONE and up.h11.their_state is h11.DONE
         if not keep_upstream(protocol_allows=protocol_allows, served=up.served, max_requests=self.max_requests):
-            why = "max requests reached" if protocol_allows else "the response said Connection: close"
+            why = ("max requests reached" if protocol_allows else
+                   "the response said Connection: close" if up.h11.their_state is h11.MUST_CLOSE else
+                   "the request was not sent in full")
             self._close(up, why)
             return False
         up.h11.start_next_cycle()
