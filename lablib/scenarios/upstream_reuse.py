@@ -211,7 +211,9 @@ def check_idle_timeout(answer: dict[str, object], keepalive: float = 0.03, delay
     ``keepalive`` behind a one-way ``delay``: the proxy must drop an idle connection before a
     request sent on it could reach the server after its close, that is below K - 2d (less
     :data:`TIMER_SLACK`), and above 0 (0 means never). Then it runs the lab at the worst rate
-    for ``duration`` seconds with that setting and without one: the first must lose nothing.
+    for ``duration`` seconds with that setting and without one: the first must lose at most
+    one request (a stall of the whole machine can delay a response past any margin), and
+    fewer than the second.
     """
     raw = str(answer.get("upstream_idle_timeout_ms", "")).strip().lower().removesuffix("ms").strip()
     if raw in ("", "?", "???"):
@@ -234,4 +236,6 @@ def check_idle_timeout(answer: dict[str, object], keepalive: float = 0.03, delay
     lines.append(f"measured at {base['workload.rate']:.0f} requests/s: without an idle timeout "
                  f"{without.count('503 UC')} of {without.n} got 503 UC; with yours {mine.count('503 UC')} of "
                  f"{mine.n}, and {reused:.0%} of requests still reused a pooled connection")
-    return safe and mine.count("503 UC") == 0, "\n".join(lines)
+    # one stray 503 is allowed: a stall of the machine can delay a response past any margin
+    lost = mine.count("503 UC")
+    return safe and lost <= 1 and lost < without.count("503 UC"), "\n".join(lines)
