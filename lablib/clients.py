@@ -211,6 +211,42 @@ async def _finish(c: TracedSocket, conn: h11.Connection, response: h11.Response)
     return Reply(str(response.status_code), response.status_code)
 
 
+@dataclass
+class _Reading:
+    """What has arrived of one response so far (kept when the read fails part-way)."""
+
+    status: int | None = None
+    received: int = 0
+    #: the response reached its end (Content-Length, last chunk); False if the peer closed first
+    whole: bool = False
+
+
+async def _read_reply(c: TracedSocket, conn: h11.Connection, got: _Reading) -> None:
+    """Read one response on ``c`` into ``got``, until its end or the peer's close. Raises the
+    socket's error, or h11's for a malformed response or EOF where a length says more comes."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await c.recv())
+        elif isinstance(event, h11.Response):
+            got.status = event.status_code
+        elif isinstance(event, h11.Data):
+            got.received += len(event.data)
+        elif isinstance(event, h11.EndOfMessage):
+            got.whole = True
+            return
+        elif isinstance(event, h11.ConnectionClosed):
+            return
+
+
+def _request_bytes(conn: h11.Connection, method: bytes, target: str, headers: list[tuple[bytes, bytes]],
+                   body: bytes) -> bytes:
+    """One whole request as ``conn`` frames it."""
+    data = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+    data += (conn.send(h11.Data(data=body)) or b"") if body else b""
+    return data + (conn.send(h11.EndOfMessage()) or b"")
+
+
 async def _raw_fetch(address: tuple[str, int], body: bytes, http_version: str, expected: int | None,
                      trace: Trace, timeout: float) -> Reply:
     started = time.perf_counter()
@@ -221,29 +257,16 @@ async def _raw_fetch(address: tuple[str, int], body: bytes, http_version: str, e
         headers += [(b"content-type", b"application/octet-stream"), (b"content-length", str(len(body)).encode())]
     if http_version == "1.1":
         headers.append((b"connection", b"close"))
-    head = conn.send(h11.Request(method=b"POST" if body else b"GET", target=PAGE, headers=headers)) or b""
+    payload = _request_bytes(conn, b"POST" if body else b"GET", PAGE, headers, body)
     if http_version == "1.0":  # h11 writes HTTP/1.1 only; the rest of its bytes are valid 1.0
-        head = head.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
-    payload = head + (conn.send(h11.Data(data=body)) or b"" if body else b"") + (conn.send(h11.EndOfMessage()) or b"")
-    status: int | None = None
-    received, whole, error = 0, False, ""
+        payload = payload.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    got, error = _Reading(), ""
     try:
         async with asyncio.timeout(timeout):
             await c.sendall(payload)
-            while not whole:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await c.recv())
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    received += len(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    whole = True
-                elif isinstance(event, h11.ConnectionClosed):
-                    break
+            await _read_reply(c, conn, got)
     except TimeoutError:
-        return Reply("timeout", status, "timeout", latency_s=time.perf_counter() - started, received=received)
+        return Reply("timeout", got.status, "timeout", latency_s=time.perf_counter() - started, received=got.received)
     except OSError as exc:
         error, failure = errno_name(exc), "reset"
     except h11.RemoteProtocolError as exc:  # EOF mid-body with a length to check, or a bad response
@@ -252,8 +275,8 @@ async def _raw_fetch(address: tuple[str, int], body: bytes, http_version: str, e
         failure = "closed"
     finally:
         c.close()
-    outcome = judge(status, received, whole=whole, expected=expected, failure=failure)
-    return Reply(outcome, status, error, c.bytes_sent, time.perf_counter() - started, received)
+    outcome = judge(got.status, got.received, whole=got.whole, expected=expected, failure=failure)
+    return Reply(outcome, got.status, error, c.bytes_sent, time.perf_counter() - started, got.received)
 
 
 class KeepAliveClient:
@@ -271,7 +294,6 @@ class KeepAliveClient:
     def __init__(self, address: tuple[str, int], trace: Trace, actor: str = "client") -> None:
         self.address, self.trace, self.actor = address, trace, actor
         self.idle: list[tuple[TracedSocket, h11.Connection]] = []
-        self.opened = 0
 
     async def request(self, method: str, target: str = PAGE, *, body: bytes = b"",
                       headers: tuple[tuple[bytes, bytes], ...] = ()) -> Reply:
@@ -281,34 +303,20 @@ class KeepAliveClient:
             c, conn = self.idle.pop()
         else:
             c, conn = await TracedSocket.connect(self.address, self.trace, self.actor), h11.Connection(h11.CLIENT)
-            self.opened += 1
         fields = [(b"host", b"lab"), *headers]
         if body or method == "POST":
             fields.append((b"content-length", str(len(body)).encode()))
-        data = conn.send(h11.Request(method=method.encode(), target=target, headers=fields)) or b""
-        data += (conn.send(h11.Data(data=body)) or b"") if body else b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        status: int | None = None
-        received = 0
+        got = _Reading()
         try:
-            await c.sendall(data)
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await c.recv())
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    received += len(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                elif isinstance(event, h11.ConnectionClosed):
-                    raise h11.RemoteProtocolError("connection closed before the response ended")
+            await c.sendall(_request_bytes(conn, method.encode(), target, fields, body))
+            await _read_reply(c, conn, got)
+            if not got.whole:
+                raise h11.RemoteProtocolError("connection closed before the response ended")
         except (OSError, h11.ProtocolError) as exc:
             c.close()
             error = errno_name(exc) if isinstance(exc, OSError) else f"protocol error: {exc}"
-            return Reply("reset" if isinstance(exc, OSError) else "closed", status, error,
-                         latency_s=time.perf_counter() - started, received=received)
+            return Reply("reset" if isinstance(exc, OSError) else "closed", got.status, error,
+                         latency_s=time.perf_counter() - started, received=got.received)
         except BaseException:  # cancelled (the trial's deadline): the connection is in an unknown state
             c.close()
             raise
@@ -317,7 +325,7 @@ class KeepAliveClient:
             self.idle.append((c, conn))
         else:
             c.close()
-        return Reply(str(status), status, latency_s=time.perf_counter() - started, received=received)
+        return Reply(str(got.status), got.status, latency_s=time.perf_counter() - started, received=got.received)
 
     def close(self) -> None:
         """Close the idle connections."""
