@@ -88,8 +88,8 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
 
     for actor, xi in x.items():
         ax.axvline(xi, color="#cfd8dc", lw=6, zorder=0)
-        ax.text(xi, -0.02, actor, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
-                fontsize=11, fontweight="bold")
+        ax.text(xi, 1.0, actor, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=11, fontweight="bold")  # on top, where reading starts (and clear of the legend)
     for s in segments:
         _arrow(ax, x[s.src], y(s.t_sent_ns), x[s.dst], y(s.t_seen_ns if s.t_seen_ns is not None else s.t_sent_ns), s)
     for m in labels:
@@ -112,7 +112,7 @@ def ladder(events: Sequence[Event], *, scale: str = "order", title: str | None =
     ax.legend(handles=_legend(bool(observed)), loc="upper center", bbox_to_anchor=(0.5, -0.01),
               ncol=6, fontsize=8, frameon=False)
     if title:
-        ax.set_title(title, pad=22)
+        ax.set_title(title, pad=24)
     fig.tight_layout()
     return fig
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable, Iterator
@@ -63,15 +62,15 @@ class Trace:
         """``keep``: hold only the most recent ``keep`` events (for long-running servers)."""
         self.t0_ns = time.monotonic_ns()
         self._events: collections.deque[Event] = collections.deque(maxlen=keep)
-        self._lock = threading.Lock()
 
     def record(self, actor: str, op: str, *, t_ns: int | None = None, trial: int | None = None,
                **fields: object) -> Event:
         """Append one event; ``t_ns`` defaults to now (monotonic)."""
         event = Event(time.monotonic_ns() if t_ns is None else t_ns, actor, op,
                       trial=current_trial.get() if trial is None else trial, **fields)  # type: ignore[arg-type]
-        with self._lock:
-            self._events.append(event)
+        # No lock: deque.append is one C call under the GIL, atomic. A lock here made a
+        # convoy: a thread told to hand over the GIL while holding it stalled every role.
+        self._events.append(event)
         return event
 
     @classmethod
@@ -87,14 +86,12 @@ class Trace:
         return len(self._events)
 
     def __iter__(self) -> Iterator[Event]:
-        with self._lock:
-            return iter(list(self._events))
+        return iter(list(self._events))  # list() of a deque runs in C, under the GIL: a snapshot
 
     def events(self, trial: int | None = None) -> list[Event]:
         """All events, in time order, with trial numbers filled in through connections;
         with ``trial``, only that trial's."""
-        with self._lock:
-            events = sorted(self._events, key=lambda e: e.t_ns)
+        events = sorted(list(self._events), key=lambda e: e.t_ns)
         trials = _trial_of_connections(events)
         filled = [e if e.trial >= 0 or e.conn not in trials else _with_trial(e, trials[e.conn]) for e in events]
         if trial is None:

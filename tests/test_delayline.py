@@ -1,6 +1,7 @@
 """The delay line relays data, FIN and RST each one delay later, and never buffers without bound."""
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -80,6 +81,35 @@ def test_data_takes_one_delay_each_way(hop):
     one_way, round_trip = drive(topo, sink, scenario)
     assert DELAY <= one_way < DELAY + 0.02
     assert 2 * DELAY <= round_trip < 2 * DELAY + 0.04
+
+
+def test_data_is_due_one_delay_after_it_arrived_though_the_relay_read_it_late(hop):
+    """The relay times data from the kernel's receive stamp: a loop that is busy when the
+    data arrives (20 ms here) does not add to the delay."""
+    topo, wire, sink = hop
+    blocking = threading.Event()
+
+    async def busy():
+        blocking.set()
+        time.sleep(0.02)  # the delay line's loop cannot read meanwhile
+
+    async def scenario(next_conn, on_server):
+        c = await TracedSocket.connect(wire.address, topo.trace, "client")
+        s = await next_conn()
+        blocked = topo.loop("wire").acall(busy())
+        await asyncio.to_thread(blocking.wait, 5)
+        started = time.monotonic()
+        await c.sendall(b"ping")
+        assert await on_server(s.recv()) == b"ping"
+        one_way = time.monotonic() - started
+        await blocked
+        c.close()
+        await on_server(s.drain())
+        await on_server(asyncio.sleep(0, s.close()))
+        return one_way
+
+    one_way = drive(topo, sink, scenario)
+    assert DELAY <= one_way < DELAY + 0.012  # read 20 ms late: without the stamp, DELAY + 20 ms
 
 
 def test_a_fin_is_relayed_as_a_half_close_and_the_other_way_stays_open(hop):

@@ -2,6 +2,7 @@
 
 import asyncio
 import errno
+import time
 
 import pytest
 
@@ -177,3 +178,34 @@ def test_wait_reset_tells_a_reset_from_a_clean_close():
         server.close()
 
     on_a_loop(scenario)
+
+
+def test_arrival_stamps_say_when_the_kernel_received_the_data_not_when_it_was_read():
+    trace = Trace()
+
+    async def scenario():
+        listener = TracedSocket.listen(trace, "server")
+        assert listener.stamp_arrivals()  # the kernel turns stamping on a moment later
+        client = await TracedSocket.connect(listener.local, trace, "client")
+        server = await listener.accept()
+        server.stamp_arrivals()
+        for _ in range(1000):  # until a byte comes back stamped: stamping is on
+            await client.sendall(b".")
+            assert await server.recv() == b"."
+            if server.arrival_stamped:
+                break
+        await client.sendall(b"early")
+        sent = time.monotonic_ns()
+        time.sleep(0.05)  # the data waits in the kernel
+        assert await server.recv() == b"early"
+        stamped, read = server.last_arrival_ns, time.monotonic_ns()
+        client.close()
+        assert await server.recv() == b""  # an EOF carries no stamp: the time of the read
+        eof = server.last_arrival_ns, server.arrival_stamped
+        server.close()
+        listener.close()
+        return sent, stamped, read, eof
+
+    sent, stamped, read, (eof, eof_stamped) = on_a_loop(scenario)
+    assert abs(stamped - sent) < 5_000_000 and read - stamped >= 50_000_000
+    assert eof >= read and not eof_stamped

@@ -4,6 +4,7 @@ event-loop ordering that decides whether the pool sees the FIN in time."""
 
 import asyncio
 import socket
+import time
 
 import h11
 import pytest
@@ -65,11 +66,17 @@ def pool_for(server, **settings) -> UpstreamPool:
     return UpstreamPool(Trace(), "proxy", server.address, **options)
 
 
-async def one_request(pool, up, server, conn, *, then_close=False):
-    await up.sock.sendall(up.h11.send(h11.Request(method="GET", target="/", headers=[("host", "x")])) +
-                          up.h11.send(h11.EndOfMessage()))
+def get_bytes(up):
+    return up.h11.send(h11.Request(method="GET", target="/", headers=[("host", "x")])) + up.h11.send(h11.EndOfMessage())
+
+
+async def one_request(pool, up, server, conn, *, then_close=False, read_late_by=0.0):
+    """A GET on ``up`` that ``server`` answers; the proxy's loop reads the response
+    ``read_late_by`` seconds after it arrived (busy elsewhere meanwhile)."""
+    await up.sock.sendall(get_bytes(up))
     await server.answer(conn, then_close=then_close)
     await up.sock.wait_readable()
+    time.sleep(read_late_by)
     response, body, error = await _read_response(up)
     assert response is not None and response.status_code == 200, error
     return response
@@ -155,6 +162,40 @@ def test_the_idle_timeout_closes_with_the_proxys_own_fin(hand_server):
     assert run(scenario()) == (b"", 1, ["FIN"], [])
 
 
+def test_a_connection_past_its_idle_timeout_is_not_handed_out_though_its_timer_is_late(hand_server):
+    """A busy loop runs timers late; the pool checks a connection's age when it takes one,
+    as Go's Transport does, and opens a new connection instead."""
+    async def scenario():
+        pool = pool_for(hand_server, idle_timeout=0.02, max_connections=2)
+        up, _ = await pool.acquire()
+        conn = await hand_server.accept()
+        await one_request(pool, up, hand_server, conn)
+        pool.release(up)
+        time.sleep(0.03)  # the loop is blocked past the idle timeout: its timer cannot run
+        fresh, how = await pool.acquire()
+        facts = fresh is up, how, up.sock.closed, pool.expired
+        fresh.sock.close()
+        await pool.close()
+        return facts
+
+    assert run(scenario()) == (False, "new", True, 1)
+
+
+def test_idle_time_counts_from_the_responses_arrival_not_from_when_the_loop_read_it(hand_server):
+    async def scenario():
+        pool = pool_for(hand_server)
+        up, _ = await pool.acquire()
+        conn = await hand_server.accept()
+        await one_request(pool, up, hand_server, conn, read_late_by=0.03)
+        pool.release(up)
+        _, how = await pool.acquire()
+        up.sock.close()
+        await pool.close()
+        return float(how.split()[2])  # "reused after N ms idle"
+
+    assert 30 <= run(scenario()) < 100
+
+
 def test_a_connection_is_closed_after_max_requests_and_after_connection_close(hand_server):
     async def scenario():
         pool = pool_for(hand_server, max_requests=2)
@@ -176,8 +217,7 @@ def test_a_response_with_connection_close_is_not_pooled(hand_server):
         pool = pool_for(hand_server)
         up, _ = await pool.acquire()
         conn = await hand_server.accept()
-        await up.sock.sendall(up.h11.send(h11.Request(method="GET", target="/", headers=[("host", "x")])) +
-                              up.h11.send(h11.EndOfMessage()))
+        await up.sock.sendall(get_bytes(up))
         await asyncio.get_running_loop().sock_recv(conn, 65536)
         conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         response, _, _ = await _read_response(up)

@@ -26,6 +26,9 @@ __all__ = ["ListeningRole"]
 
 class ListeningRole:
     actor = "server"
+    #: ask the kernel for receive stamps on the listener (see TracedSocket.stamp_arrivals):
+    #: for roles that time what they do from when data arrived
+    stamp_arrivals = False
 
     def __init__(self, trace: Trace, actor: str | None = None, port: int = 0) -> None:
         self.trace = trace
@@ -39,6 +42,8 @@ class ListeningRole:
 
     async def start(self) -> None:
         self._listener = TracedSocket.listen(self.trace, self.actor, port=self.port)
+        if self.stamp_arrivals:
+            self._listener.stamp_arrivals()
         self.address = self._listener.local
         self.spawn(self._accept_loop())
 

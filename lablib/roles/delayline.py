@@ -18,11 +18,13 @@ read everything first would hide resets (toxiproxy#72); this one keeps them. The
 still a TCP endpoint, as any proxy is: it acknowledges data itself, so a sender's kernel learns
 of a reset beyond it only when the delay line passes the reset on.
 
-Each item leaves within half a millisecond of when it is due (see
-:func:`lablib.loops.sleep_until`); what the delay line cannot see is how long the data waited
-in its own receive queue before its reader woke, which under load adds a fraction of a
-millisecond more. Not covered: loss, reordering, bandwidth limits, and a delay
-that differs between the two directions.
+Data is due ``delay`` after the kernel received it (its receive stamp, SO_TIMESTAMPNS), not
+after the delay line got round to reading it, so a busy loop's late reads do not lengthen the
+delay; a FIN or RST is due ``delay`` after it was read (the kernel stamps no EOF). Each item
+leaves within half a millisecond of when it is due (see :func:`lablib.loops.sleep_until`)
+when the loop is not busy; under load, its wake-up can be a few milliseconds late. Not
+covered: loss, reordering, bandwidth limits, and a delay that differs between the two
+directions.
 """
 
 from __future__ import annotations
@@ -58,8 +60,13 @@ class _Direction:
     reader_done: bool = False
     dst_reset: bool = False  # a write to dst failed: dst's peer reset the connection
 
-    def put(self, kind: str, data: bytes = b"") -> None:
-        self.items.append((time.monotonic() + self.delay, kind, data))
+    def put(self, kind: str, data: bytes = b"", arrived: float | None = None) -> None:
+        """Queue an item that arrived at monotonic time ``arrived`` (now if None), due
+        ``delay`` later, and never before the item ahead of it."""
+        due = (time.monotonic() if arrived is None else arrived) + self.delay
+        if self.items:
+            due = max(due, self.items[-1][0])
+        self.items.append((due, kind, data))
         self.queued += len(data)
         self.owner.peak_queued = max(self.owner.peak_queued, self.queued)
         self.has_items.set()
@@ -127,7 +134,7 @@ class _Link:
                     d.put("rst")
                     return
                 if data:
-                    d.put("data", data)
+                    d.put("data", data, arrived=d.src.last_arrival_ns / 1e9)
                     continue
                 # EOF after one of our writes to this socket failed was a reset whose error
                 # the write consumed (Linux reports it once), not a FIN.
@@ -174,6 +181,7 @@ class DelayLine(ListeningRole):
     """Listens on 127.0.0.1 and relays every connection to ``upstream`` with a one-way delay."""
 
     actor = "wire"
+    stamp_arrivals = True
 
     def __init__(self, trace: Trace, upstream: tuple[str, int], delay: float, buffer_bytes: int = 262144,
                  actor: str = "wire") -> None:
@@ -207,6 +215,8 @@ class DelayLine(ListeningRole):
         except BaseException:
             down.close()
             raise
+        for sock in (down, up):  # time each item from its arrival, not from our read of it
+            sock.stamp_arrivals()
         self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
         self.links.publish(down.conn, up.conn)
         await _Link(down, up, self).run()

@@ -151,6 +151,7 @@ class HttpProxy(ListeningRole):
     """The proxy on 127.0.0.1 (port 0 unless ``port``), sending to ``upstream``."""
 
     actor = "proxy"
+    stamp_arrivals = True  # the upstream pool dates idleness from the kernel's receive stamps
 
     def __init__(self, trace: Trace, config: Config, upstream: tuple[str, int] | None = None,
                  actor: str = "proxy", port: int = 0, seed: int | None = None,

@@ -83,10 +83,9 @@ class UpstreamPool:
     async def acquire(self) -> tuple[Upstream, str]:
         """A connection for one request, and how it was got (``new``, ``reused after N ms
         idle``, ``handed over``). Raises OSError if a new connection cannot be made."""
-        while self.idle:
-            up = self.idle.pop()
-            idle_ms = (time.monotonic() - (up.idle_since or time.monotonic())) * 1000
-            self._stop_idling(up)
+        taken = self._take_idle()
+        if taken is not None:
+            up, idle_ms = taken
             up.picked_idle_ms = idle_ms
             return up, f"reused after {idle_ms:.1f} ms idle"
         if self.open < self.max_connections:
@@ -151,6 +150,7 @@ class UpstreamPool:
             self.open -= 1
             self._serve_waiters()
             raise
+        sock.stamp_arrivals()
         return Upstream(sock)
 
     def _note(self, up: Upstream, text: str) -> None:
@@ -161,10 +161,11 @@ class UpstreamPool:
         waiter.set_result(up)
 
     def _attach_waiters(self) -> None:
-        while self.waiters and self.idle:
-            up = self.idle.pop()
-            self._stop_idling(up)
-            self._hand_over(up)
+        while self.waiters:
+            taken = self._take_idle()
+            if taken is None:
+                break
+            self._hand_over(taken[0])
         self._serve_waiters()
 
     def _serve_waiters(self) -> None:
@@ -188,11 +189,32 @@ class UpstreamPool:
             waiter.set_result(up)
 
     def _start_idling(self, up: Upstream) -> None:
-        up.idle_since = time.monotonic()
+        """Into the pool. Idle time counts from when the response's last byte reached the
+        proxy's kernel (its receive stamp), as it does in a proxy written in C, which reads
+        it within microseconds; this loop may get to it milliseconds later when it is busy,
+        and that lateness would otherwise be time the pool does not know of."""
+        arrived = up.sock.last_arrival_ns / 1e9
+        up.idle_since = arrived if arrived else time.monotonic()
         self.idle.append(up)
         up.sock.watch(lambda: self._readable_while_idle(up))
-        if self.idle_timeout:
-            up.timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, up)
+        if self.idle_timeout:  # (the loop's clock is time.monotonic)
+            up.timer = asyncio.get_running_loop().call_at(up.idle_since + self.idle_timeout, self._expire, up)
+
+    def _take_idle(self) -> tuple[Upstream, float] | None:
+        """The most recently used idle connection and how long it idled (ms), out of the
+        pool; None if there is none. One idle as long as the idle timeout is closed instead,
+        although its timer has not fired yet (a busy loop runs timers late): Go's Transport
+        checks an idle connection's age the same way when it takes one. Without this the
+        timer's lateness would eat into the margin below the server's keep-alive timeout."""
+        while self.idle:
+            up = self.idle.pop()
+            idle_ms = (time.monotonic() - (up.idle_since or time.monotonic())) * 1000
+            self._stop_idling(up)
+            if self.idle_timeout and idle_ms >= self.idle_timeout * 1000:
+                self._expire(up)
+                continue
+            return up, idle_ms
+        return None
 
     def _stop_idling(self, up: Upstream) -> None:
         up.sock.unwatch()

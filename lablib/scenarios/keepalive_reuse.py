@@ -17,8 +17,9 @@ Outcomes: ``ok``; ``retried-ok`` (the request failed and was retried on a new co
 which worked); ``stale`` (EOF before any response: Python's RemoteDisconnected); ``reset``
 (ECONNRESET); ``timeout``.
 
-Trials run side by side, each on its own connections, their starts 10 ms apart so that the
-interpreter all roles share never falls behind (see ``START_SPACING``).
+Trials run side by side, each on its own connections, their starts 10 ms apart (30 ms for the
+clients that run in threads) so that the interpreter all roles share never falls behind (see
+``START_SPACING``).
 
 Not covered: pipelining, HTTP/2 GOAWAY (the protocol fix HTTP/1.1 lacks), curl (its reuse
 interval can only be set in whole requests per second; it checks before reuse, like urllib3).
@@ -45,13 +46,17 @@ from ..sockets import TracedSocket, errno_name
 from ..trace import Trace
 from .base import Lab, Scenario
 
-__all__ = ["KeepaliveReuse", "theory_failure", "KNOBS"]
+__all__ = ["KeepaliveReuse", "theory_failure", "window_width", "KNOBS"]
 
 KINDS = ("raw", "http.client", "requests")
 #: how far apart trial starts are spread: 200 trials then take about two seconds. Closer (2 to
 #: 5 ms) keeps the one interpreter busy enough that loops wake milliseconds late and the race
 #: window smears (measured); 10 ms keeps the window's edges within about a millisecond.
 START_SPACING = 0.01
+#: the same for http.client and requests, which run in threads and spend milliseconds of the
+#: shared interpreter on every request: at 10 ms, 40 requests trials kept a dozen threads busy
+#: and the server's keep-alive timer fired over 20 ms late now and then (measured)
+THREAD_START_SPACING = 0.03
 #: threads for the blocking clients: enough for trials side by side, few enough that they do
 #: not crowd the server's loop off the interpreter (its keep-alive timer must fire on time)
 CLIENT_THREADS = 12
@@ -100,6 +105,23 @@ def theory_failure(offset: float, rtt: float, *, check_before_reuse: bool, retry
     return fails
 
 
+def window_width(offsets: list[float], lost: list[float]) -> float:
+    """The width of the race window measured by a sweep: the number of ``offsets`` (evenly
+    spaced, in order) at which at least half the reuses were ``lost`` (shares, 0 to 1), times
+    their spacing. A point where a few reuses failed (a loop woken late on a busy machine)
+    does not count, so an outlier far from the window does not widen it.
+
+    Not covered: uneven spacing; a window narrower than one step reads as 0 or one step.
+
+    >>> window_width([-0.006, -0.004, -0.002, 0.0, 0.002], [0.1, 0.9, 1.0, 0.6, 0.0])
+    0.006
+    """
+    if len(offsets) != len(lost) or len(offsets) < 2:
+        raise ValueError("window_width needs two or more offsets, each with its share of lost reuses")
+    step = (offsets[-1] - offsets[0]) / (len(offsets) - 1)
+    return round(sum(share >= 0.5 for share in lost) * step, 9)
+
+
 class KeepaliveReuse(Scenario):
     name = "keepalive-reuse"
     title = "Keep-alive reuse against the idle timeout"
@@ -140,8 +162,9 @@ class KeepaliveReuse(Scenario):
                 concurrent.futures.ThreadPoolExecutor(max_workers=CLIENT_THREADS, thread_name_prefix="lablib-client"))
 
     async def trial(self, lab: Lab, index: int) -> dict[str, Any]:
-        await asyncio.sleep(index * START_SPACING)  # spread the load, not a synchronisation
         cfg = lab.config
+        spacing = START_SPACING if cfg["client.kind"] == "raw" else THREAD_START_SPACING
+        await asyncio.sleep(index * spacing)  # spread the load, not a synchronisation
         target = (lab.roles.get("wire") or lab.roles["server"]).address
         kind = cfg["client.kind"]
         if kind == "raw":

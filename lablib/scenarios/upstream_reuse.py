@@ -56,7 +56,9 @@ __all__ = ["UpstreamReuse", "KNOBS", "theory_rate", "worst_rate", "request_event
 POST_BODY = b"x" * 100
 _SERVER_NAMES = ("server.keepalive_timeout", "server.max_requests_per_connection", "server.connection_close_header")
 _LAB_DEFAULTS: dict[str, Any] = {
-    "server.keepalive_timeout": 0.02,  # Node's 5 s, scaled down
+    # Node's 5 s, scaled down: far enough above the milliseconds by which this interpreter's
+    # loops can be late (at 20 ms, stray 503s crept past an idle timeout half the keep-alive)
+    "server.keepalive_timeout": 0.03,
     "workload.rate": 50.0,
     "workload.duration": 20.0,
 }
@@ -71,7 +73,7 @@ KNOBS = (
     *_with_lab_defaults(WORKLOAD_KNOBS),
     *(k for k in PROXY_KNOBS if k.name in POOL_KNOBS),
     *_with_lab_defaults(tuple(k for k in SERVER_KNOBS if k.name in _SERVER_NAMES)),
-    seconds("wire.delay", 0.002, "One-way delay between proxy and server, added by a delay line (0: direct)",
+    seconds("wire.delay", 0.003, "One-way delay between proxy and server, added by a delay line (0: direct)",
             high=1.0, models="the network between the proxy and its upstream"),
 )
 
@@ -89,9 +91,9 @@ def theory_rate(rate: float, keepalive: float, rtt: float, idle_timeout: float =
     Not covered: overlapping requests (several pooled connections) and the time the proxy and
     server take per request; measured rates sit a little off the curve at high rates.
 
-    >>> round(theory_rate(56.0, 0.02, 0.004), 3)
+    >>> round(theory_rate(37.2, 0.03, 0.006), 3)
     0.082
-    >>> theory_rate(56.0, 0.02, 0.004, idle_timeout=0.01)
+    >>> theory_rate(37.2, 0.03, 0.006, idle_timeout=0.01)
     0.0
     """
     low = max(0.0, keepalive - rtt)
@@ -104,8 +106,8 @@ def theory_rate(rate: float, keepalive: float, rtt: float, idle_timeout: float =
 def worst_rate(keepalive: float, rtt: float) -> float:
     """The rate at which :func:`theory_rate` (no idle timeout) peaks: ln(K / (K - rtt)) / rtt.
 
-    >>> round(worst_rate(0.02, 0.004), 1)
-    55.8
+    >>> round(worst_rate(0.03, 0.006), 1)
+    37.2
     """
     if not 0 < rtt < keepalive:
         raise ValueError(f"rtt {rtt} must be above 0 and below the keep-alive timeout {keepalive}")
@@ -200,12 +202,13 @@ def request_events(result: Any, trial: int, margin_ms: float = 5.0) -> list[Even
             and (start <= e.t_ns <= end or e.op in ("connect", "accept"))]
 
 
-#: timer slack the exercise allows for: the proxy's and the server's timers fire a millisecond
-#: or so late when the interpreter is busy
-TIMER_SLACK = 0.002
+#: the room the exercise asks for below K - 2d: the path's jitter in this lab, where a hop of
+#: the delay line leaves up to a few milliseconds late when the interpreter is busy (a real
+#: network's jitter plays the same part, at its own size)
+TIMER_SLACK = 0.005
 
 
-def check_idle_timeout(answer: dict[str, object], keepalive: float = 0.03, delay: float = 0.003,
+def check_idle_timeout(answer: dict[str, object], keepalive: float = 0.04, delay: float = 0.005,
                        duration: float = 6.0) -> tuple[bool, str]:
     """Grade an ``upstream_idle_timeout_ms`` for an upstream whose keep-alive timeout is
     ``keepalive`` behind a one-way ``delay``: the proxy must drop an idle connection before a
