@@ -37,10 +37,18 @@ def test_http_client_loses_the_413_to_the_reset_and_the_kernel_counts_the_rsts()
     assert (failed["TCPAbortOnClose"] + failed["TCPAbortOnData"] >= 1).all()
 
 
-@pytest.mark.parametrize("kind", ["requests"] + (["curl"] if HAVE_CURL else []))
-def test_clients_that_read_after_a_failed_write_get_the_413(kind):
-    result = run(trials=50, **{"client.kind": kind, "server.close_mode": "close"})
+def test_requests_reads_after_a_failed_write_and_always_gets_the_413():
+    result = run(trials=50, **{"client.kind": "requests", "server.close_mode": "close"})
     assert result.outcomes["413"] == 50
+    assert (result.trials["OutRsts"] >= 1).all()  # the RST was sent all the same
+
+
+@pytest.mark.skipif(not HAVE_CURL, reason="curl is not installed")
+def test_curl_reads_after_a_failed_write_and_nearly_always_gets_the_413():
+    # now and then (1 in 50 to 1 in 25 here) curl reports "(55) Send failure: Connection reset
+    # by peer" instead of reading what had arrived
+    result = run(trials=50, **{"client.kind": "curl", "server.close_mode": "close"})
+    assert result.outcomes["413"] >= 45, result.outcomes
     assert (result.trials["OutRsts"] >= 1).all()  # the RST was sent all the same
 
 
@@ -50,7 +58,11 @@ def test_lingering_and_delayed_close_deliver_the_413_with_no_rst(kind, mode):
     result = run(**{"client.kind": kind, "server.close_mode": mode})
     assert result.outcomes["413"] == N
     assert result.kernel["OutRsts"] == 0 and result.kernel["TCPAbortOnClose"] == 0
-    assert (result.trials["server_discarded"] > 0).all()  # the price: the server read the upload
+    # the price: the server read the upload. curl stops sending when it sees an error response
+    # before the end of its upload ("HTTP error before end of send, stop sending"): on a slow
+    # machine it sometimes sees the 413 before any of the body left, and nothing is left to read
+    discarded = result.trials["server_discarded"] > 0
+    assert discarded.all() if kind != "curl" else discarded.any()
 
 
 def test_the_raw_client_gives_up_or_reads_on_as_told():
