@@ -220,7 +220,7 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
         bottoms = [b + s for b, s in zip(bottoms, shares)]
     ax.set_ylim(0, 1)  # type: ignore[attr-defined]
     ax.set_ylabel("share of trials")  # type: ignore[attr-defined]
-    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")  # type: ignore[attr-defined]
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v * 100:g}%")  # type: ignore[attr-defined]
     ax.legend(title="outcome", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=9)  # type: ignore[attr-defined]
     ax.tick_params(axis="x", labelsize=9)  # type: ignore[attr-defined]
     if len(labels) > 3:
@@ -235,11 +235,13 @@ def outcome_bars(results: Mapping[str, object] | Sequence[object] | object, *, t
 
 def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: str, ylabel: str = "share of trials",
           title: str | None = None, log_x: bool = False, markers: Iterable[tuple[float, str]] = (),
-          percent: bool = True, x_format: Any = None, theory: Mapping[str, Sequence[float]] | None = None,
-          ax: Any = None) -> Figure:
+          percent: bool = True, y_max: float = 1.0, shapes: bool = False, x_format: Any = None,
+          theory: Mapping[str, Sequence[float]] | None = None, ax: Any = None) -> Figure:
     """Curves over a swept knob: ``series`` maps a label to one y per x (rates, by default
-    drawn as percentages); ``theory`` curves are drawn dashed; ``markers`` are vertical lines
-    with a label, e.g. a buffer size. With ``ax``, draws there (one panel of a larger figure)."""
+    drawn as percentages from 0 to ``y_max``); ``theory`` curves are drawn dashed; ``markers``
+    are vertical lines with a label, e.g. a buffer size. ``shapes`` gives each measured curve
+    its own marker shape and a thinner line than the one before, so that curves lying on each
+    other stay visible. With ``ax``, draws there (one panel of a larger figure)."""
     if ax is None:
         fig = LabFigure(figsize=(8.5, 4.2))
         ax = fig.add_subplot()
@@ -247,10 +249,11 @@ def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: 
         fig = ax.figure
     palette = iter(["#1565c0", "#ef6c00", "#6a1b9a", "#00838f", "#5d4037"])
     colors: dict[str, str] = {}
-    for label, ys in series.items():
+    for i, (label, ys) in enumerate(series.items()):
         known = [OUTCOME_COLORS[w] for w in label.split() if w in OUTCOME_COLORS]
         colors[label] = known[0] if known else next(palette)
-        ax.plot(x, ys, marker="o", lw=2, color=colors[label], label=label)
+        marker, lw, size = ("osD^v"[i % 5], max(0.8, 3.0 - 0.7 * i), max(4.0, 10.0 - 2.0 * i)) if shapes else ("o", 2, 6.0)
+        ax.plot(x, ys, marker=marker, ms=size, lw=lw, color=colors[label], label=label)
     for label, ys in (theory or {}).items():
         # a theory curve takes the colour of the measured series whose name it contains
         twin = max((s for s in colors if s in label), key=len, default=None)
@@ -264,8 +267,8 @@ def sweep(x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: 
     if x_format is not None:
         ax.xaxis.set_major_formatter(x_format)
     if percent:
-        ax.set_ylim(-0.03, 1.03)
-        ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        ax.set_ylim(-0.03 * y_max, 1.03 * y_max)
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v * 100:g}%")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -4,7 +4,7 @@ import pytest
 
 import lablib
 from lablib.ladder import infer_segments, lane_order, marks, merge_data
-from lablib.plot import ladder, ladders, outcome_bars
+from lablib.plot import ladder, ladders, outcome_bars, sweep
 from lablib.trace import Event
 
 C, S = "client", "server"
@@ -98,6 +98,15 @@ def test_pictures_draw_from_a_real_run():
         ladder([])
     with pytest.raises(ValueError, match="scale"):
         ladder(result.trace.events(0), scale="log")
+
+
+def test_curves_that_lie_on_each_other_stay_apart_by_shape_and_the_scale_can_stop_short():
+    zero = [0.0, 0.0, 0.0]
+    fig = sweep([1, 2, 3], {"idle timeout": zero, "retries": zero}, xlabel="rate", shapes=True, y_max=0.2)
+    first, second = fig.axes[0].get_lines()[:2]
+    assert first.get_marker() != second.get_marker() and first.get_linewidth() > second.get_linewidth()
+    assert fig.axes[0].get_ylim()[1] == pytest.approx(0.206)
+    assert fig.axes[0].yaxis.get_major_formatter()(0.025, 0) == "2.5%"
 
 
 def test_figures_display_as_png_in_a_notebook_without_pyplot():
