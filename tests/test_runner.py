@@ -86,6 +86,8 @@ def test_ctrl_c_in_a_plain_python_program_stops_cleanly():
     script = textwrap.dedent("""
         import os, signal, threading, lablib
         from lablib import sockets
+        # as in a terminal (a shell starts a background job with SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         def interrupt(done, total, row):
             if done == 2:
                 os.kill(os.getpid(), signal.SIGINT)

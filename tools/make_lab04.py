@@ -178,14 +178,14 @@ table.T
 md("""
 ## The rate that hurts most
 
-Now the same proxy at rates from 7 to 75 requests/s, about 100 requests per point (56 at the
-lowest rate, in eight seconds; more would smooth the curves; runs of 1000 are the test
+Now the same proxy at rates from 9 to 75 requests/s, about 100 requests per point (36 at the
+lowest rate, in four seconds; more would smooth the curves; runs of 1000 are the test
 suite's job), one curve per setting: no mitigation; the proxy's idle timeout at 10 ms; two
 retries on reset; `reset-before-request` (the next section says what each does). The dashed
-line is the theory for one connection. Below the peak the measurement follows it down: at 7
-requests/s most gaps are far longer than K, and the FIN arrives first. Each point counts
-about 100 requests, so it is uncertain by about two percentage points (one standard
-deviation): the two upper curves differ by chance. Past the peak the pool is no longer one
+line is the theory for one connection. Below the peak the measurement follows it down: at 9
+requests/s most gaps are far longer than K, and the FIN arrives first. With so few requests
+a point is uncertain by two to four percentage points (one standard deviation; four at the
+lowest rate): the two upper curves differ by chance. Past the peak the pool is no longer one
 connection: requests that overlap make it open a second, which then sits idle until the next
 burst takes it, at whatever idle time it has reached, so the theory is only a guide there.
 The idle timeout, below K − 2d, and the retries keep every point at or near zero (those two
@@ -198,14 +198,14 @@ grows from 6 ms to tens of milliseconds, and with it the window (K − 2d with a
 A real proxy has the same rule, at its own latencies.
 """),
 code("""
-RATES = [7, 18, WORST, 75]
+RATES = [9, 18, WORST, 75]
 
 
 def sweep_rate(extra):
     shares = []
     for rate in RATES:
         r = lablib.run("upstream-reuse", config={"workload.rate": rate, "workload.seed": 5,
-                                                 "workload.duration": min(8.0, max(1.5, 100 / rate)), **extra})
+                                                 "workload.duration": min(4.0, max(1.5, 100 / rate)), **extra})
         shares.append(uc(r) / r.n)
     return shares
 
