@@ -92,7 +92,7 @@ def test_real_clients_http_client_reuses_blindly_requests_checks_first():
     failed = in_flight.trials[~in_flight.trials["outcome"].isin(["ok", "retried-ok"])]
     assert set(failed["client_error"]) == {"RemoteDisconnected"}
     retried = run(40, -0.040, **{"client.kind": "requests", "wire.delay": 0.040, "client.retry": "idempotent"})
-    assert retried.outcomes["retried-ok"] == 40
+    assert failures(retried) == 0 and retried.outcomes["retried-ok"] >= 38  # (a spared one is "ok")
 
 
 def test_the_theory_is_the_rule_the_module_states():
