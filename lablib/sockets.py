@@ -145,6 +145,7 @@ class TracedSocket:
         except BaseException:
             sock.close()
             raise
+        child._stamped = self._stamped  # the kernel copies SO_TIMESTAMPNS to accepted sockets
         child._record("accept", state="ESTABLISHED")
         return child
 
@@ -187,7 +188,7 @@ class TracedSocket:
         The kernel switches stamping on for the whole system when the first socket asks, a
         moment later (a deferred work item): segments received in that moment carry no stamp,
         and their recv falls back to its own time. A role keeps it on by asking on its
-        listener (accepted sockets inherit the option)."""
+        listener (sockets it accepts inherit the option, and stamp without asking)."""
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         except OSError:
@@ -464,7 +465,7 @@ def _arrival_ns(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, bool]:
     for level, kind, data in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
             seconds, nanos = struct.unpack_from("qq", data)
-            at = seconds * 1_000_000_000 + nanos - (time.time_ns() - time.monotonic_ns())
+            at = seconds * 1_000_000_000 + nanos - (time.time_ns() - now)
             if now - 1_000_000_000 <= at <= now + 1_000_000:  # (the two clock reads differ by us)
                 return min(at, now), True
     return now, False

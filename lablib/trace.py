@@ -91,7 +91,7 @@ class Trace:
     def events(self, trial: int | None = None) -> list[Event]:
         """All events, in time order, with trial numbers filled in through connections;
         with ``trial``, only that trial's."""
-        events = sorted(list(self._events), key=lambda e: e.t_ns)
+        events = sorted(self._events, key=lambda e: e.t_ns)  # copies the deque in C first: a snapshot
         trials = _trial_of_connections(events)
         filled = [e if e.trial >= 0 or e.conn not in trials else _with_trial(e, trials[e.conn]) for e in events]
         if trial is None:

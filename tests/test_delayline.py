@@ -83,7 +83,7 @@ def test_data_takes_one_delay_each_way(hop):
     assert 2 * DELAY <= round_trip < 2 * DELAY + 0.04
 
 
-def test_data_is_due_one_delay_after_it_arrived_though_the_relay_read_it_late(hop):
+def test_data_is_due_one_delay_after_it_arrived_though_the_relay_read_it_late(hop, kernel_stamping):
     """The relay times data from the kernel's receive stamp: a loop that is busy when the
     data arrives (20 ms here) does not add to the delay."""
     topo, wire, sink = hop

@@ -181,7 +181,7 @@ def test_a_connection_past_its_idle_timeout_is_not_handed_out_though_its_timer_i
     assert run(scenario()) == (False, "new", True, 1)
 
 
-def test_idle_time_counts_from_the_responses_arrival_not_from_when_the_loop_read_it(hand_server):
+def test_idle_time_counts_from_the_responses_arrival_not_from_when_the_loop_read_it(hand_server, kernel_stamping):
     async def scenario():
         pool = pool_for(hand_server)
         up, _ = await pool.acquire()

@@ -215,8 +215,9 @@ class DelayLine(ListeningRole):
         except BaseException:
             down.close()
             raise
-        for sock in (down, up):  # time each item from its arrival, not from our read of it
-            sock.stamp_arrivals()
+        # time each item from its arrival, not from our read of it (down inherited the
+        # stamping from our listener)
+        up.stamp_arrivals()
         self.trace.record(self.actor, "relay", conn=down.conn, detail=up.conn)
         self.links.publish(down.conn, up.conn)
         await _Link(down, up, self).run()

@@ -163,10 +163,10 @@ class KeepaliveReuse(Scenario):
 
     async def trial(self, lab: Lab, index: int) -> dict[str, Any]:
         cfg = lab.config
-        spacing = START_SPACING if cfg["client.kind"] == "raw" else THREAD_START_SPACING
+        kind = cfg["client.kind"]
+        spacing = START_SPACING if kind == "raw" else THREAD_START_SPACING
         await asyncio.sleep(index * spacing)  # spread the load, not a synchronisation
         target = (lab.roles.get("wire") or lab.roles["server"]).address
-        kind = cfg["client.kind"]
         if kind == "raw":
             result = await _raw(target, cfg, lab.trace)
             wire: DelayLine | None = lab.roles.get("wire")
