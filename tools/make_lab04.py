@@ -44,7 +44,8 @@ You will make the race happen at a controlled rate, find the traffic rate where 
 and switch on each fix that Envoy and Istio offer: an idle timeout, retries, the deferred
 hand-over of PR #2871, and `Connection: close`.
 
-*About 15 minutes. Every number below is measured in this run, on this machine.*
+*About 15 minutes. Every table and figure below is measured in this run, on this machine;
+the few numbers quoted from other runs say so.*
 """),
 md("""
 ## The story: envoy#2715, #6815, #23625
@@ -140,8 +141,8 @@ print(none.summary())
 none.trials[none.trials["outcome"] == "503 UC"].head(3)[["method", "arrival_s", "idle_ms", "upstreams"]]
 """),
 md("""
-Each failing request took a connection that had been idle for a little less than K = 30 ms
-(`idle_ms`). The ladder of the first one shows the crossing. Read it from the top: the
+Each failing request took a connection that had been idle for about K = 30 ms (`idle_ms`): a
+little less, or with this path's jitter a little more (the next section counts them). The ladder of the first one shows the crossing. Read it from the top: the
 connection's handshake, then the response to the request before this one, which starts the
 server's keep-alive timer, and the idle time. The client's request reaches the proxy, the
 proxy writes it into the pooled connection. On the server's lane the keep-alive timer fires
