@@ -1,6 +1,7 @@
 """The delay line relays data, FIN and RST each one delay later, and never buffers without bound."""
 
 import asyncio
+import socket
 import threading
 import time
 
@@ -180,10 +181,15 @@ def test_a_slow_reader_makes_the_relay_push_back_instead_of_buffering(hop):
     async def scenario(next_conn, on_server):
         c = await TracedSocket.connect(wire.address, topo.trace, "client")
         s = await next_conn()
-        payload = b"x" * (8 * 1024 * 1024)
+        # the two ends' kernel buffers stay small; the relay's own sockets may grow theirs (to
+        # tcp_wmem's max, 4 MiB, and tcp_rmem's, 32 MiB here), but not far enough to take 16 MiB
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        payload = b"x" * (16 * 1024 * 1024)
         sender = asyncio.ensure_future(c.sendall(payload))
         await asyncio.sleep(0.3)  # the server reads nothing for a while
         assert not sender.done()  # flow control reached the client: the relay stopped reading
+        s.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)  # (then it drains fast)
         got = 0
         while got < len(payload):
             got += len(await on_server(s.recv(1 << 20)))

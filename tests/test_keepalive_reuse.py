@@ -1,9 +1,12 @@
 """Lab 02: a client reuses a keep-alive connection while the server's idle-timeout close is
 on its way.
 
-Far from the boundary the outcome is certain and asserted exactly (a request sent 10 ms after
-the server closed always fails; 10 ms before, never). At the boundary the race is measured
-as a window, whose width must match the round trip the delay line adds.
+Far from the boundary the outcome is certain and asserted exactly (a request sent 30 ms after
+the server closed always fails; 30 ms before, never), for every trial that ran to plan: on two
+busy cores a thread now and then wakes tens of milliseconds late, and a trial whose client sent
+or whose server closed that late tested another offset (its ``late_ms`` says so). Half the
+trials at least must run to plan. At the boundary the race is measured as a window, whose width must match the
+round trip the delay line adds.
 """
 
 import collections
@@ -17,18 +20,27 @@ import pytest
 
 import lablib
 from lablib.knobs import KnobError
-from lablib.scenarios.keepalive_reuse import theory_failure, window_width
+from lablib.scenarios.keepalive_reuse import ran_to_plan, theory_failure, window_width
 
 K = 0.1  # the server's keep-alive timeout (the scenario's default)
 
 
-def failed(result):
+def failed(result_or_trials):
     """The trials whose request was lost (neither ok nor ok after a retry)."""
-    return result.trials[~result.trials["outcome"].isin(["ok", "retried-ok"])]
+    trials = getattr(result_or_trials, "trials", result_or_trials)
+    return trials[~trials["outcome"].isin(["ok", "retried-ok"])]
 
 
-def failures(result):
-    return len(failed(result))
+def failures(result_or_trials):
+    return len(failed(result_or_trials))
+
+
+def on_plan(result, late_ms=20.0):
+    """The trials that ran to plan within ``late_ms``; half at least must have. (One hiccup of
+    the machine, 40 ms at worst here, leaves a few consecutive trials late.)"""
+    kept = ran_to_plan(result.trials, late_ms)
+    assert len(kept) >= 0.5 * result.n, f"only {len(kept)} of {result.n} trials ran to plan"
+    return kept
 
 
 def run(trials, offset, **knobs):
@@ -38,12 +50,21 @@ def run(trials, offset, **knobs):
 
 
 def test_without_mitigation_a_reuse_30_ms_late_always_fails_and_30_ms_early_never():
-    # 30 ms from the edge: on two busy cores a loop now and then wakes 10 to 25 ms late
-    # (measured), which turned a few of 200 reuses 10 ms early into failures
     late, early = run(200, +0.030), run(200, -0.030)
-    assert failures(late) == 200 and failures(early) == 0
-    assert late.kernel["OutRsts"] >= 200  # each stale request drew an RST from the closed server
-    assert set(late.trials["outcome"]) <= {"stale", "reset"}
+    assert failures(on_plan(late)) == len(on_plan(late)) and failures(on_plan(early)) == 0
+    assert late.kernel["OutRsts"] >= failures(late)  # each stale request drew an RST from the closed server
+    assert set(failed(late)["outcome"]) <= {"stale", "reset"}
+
+
+@pytest.mark.parametrize("kind", ["raw", "http.client", "requests"])
+def test_a_trial_says_how_late_its_client_sent_or_its_server_closed(kind):
+    trials = run(20, +0.030, **{"client.kind": kind}).trials
+    late, client_late = trials["late_ms"], trials["idle_ms"] - 130
+    assert (late >= 0).all() and late.median() < 5
+    assert (client_late <= late + 0.01).all()  # the client's part: its idle gap beyond the plan
+    # the server's part: its keep-alive timer, which epoll wakes up to a millisecond late, so
+    # most trials have it later than the client's send (found from any client's connection)
+    assert (late > client_late + 0.05).mean() > 0.5, trials[["idle_ms", "late_ms"]]
 
 
 def test_check_before_reuse_leaves_only_a_window_one_round_trip_wide():
@@ -68,13 +89,15 @@ def test_idempotent_gets_that_fail_are_retried_and_never_lost(retry):
     for offset in (-0.030, -0.015, -0.005, 0.0, 0.010):
         result = run(40, offset, **{"client.retry": retry, "wire.delay": 0.010})
         assert failures(result) == 0, (offset, result.outcomes)
-    assert run(40, 0.010, **{"client.retry": retry}).count("retried-ok") == 40
+    kept = on_plan(run(40, 0.010, **{"client.retry": retry}), late_ms=5)  # (10 ms from the edge)
+    assert set(kept["outcome"]) == {"retried-ok"}
 
 
 @pytest.mark.parametrize("retry", ["idempotent", "go"])
 def test_a_post_whose_request_was_written_is_not_retried(retry):
     result = run(40, 0.010, **{"client.retry": retry, "client.method": "POST"})
-    assert failures(result) == 40 and result.count("retried-ok") == 0
+    kept = on_plan(result, late_ms=5)
+    assert result.count("retried-ok") == 0 and failures(kept) == len(kept)
 
 
 def test_connection_close_on_the_last_response_and_a_shorter_client_idle_timeout_avoid_the_race():
@@ -88,15 +111,16 @@ def test_connection_close_on_the_last_response_and_a_shorter_client_idle_timeout
 def test_real_clients_http_client_reuses_blindly_requests_checks_first():
     # real clients sleep in threads, whose wake-ups a loaded machine delays: 40 ms from every
     # edge of the window here (the raw client's tests above pin the edges themselves)
-    assert failures(run(40, 0.040, **{"client.kind": "http.client"})) == 40
+    blind = on_plan(run(40, 0.040, **{"client.kind": "http.client"}))
+    assert failures(blind) == len(blind)
     assert failures(run(40, 0.040, **{"client.kind": "requests"})) == 0  # the FIN had arrived
     in_flight = run(40, -0.040, **{"client.kind": "requests", "wire.delay": 0.040})
-    # the FIN was still on its way: the check could not see it. (Once in a full CI run a
-    # requests thread woke over 40 ms late, saw the FIN and was spared: 39 of 40.)
-    assert failures(in_flight) >= 38
+    # the FIN was still on its way: the check could not see it. (A requests thread woken 40 ms
+    # late sees the FIN and is spared; its late_ms says so.)
+    assert failures(on_plan(in_flight)) == len(on_plan(in_flight))
     assert set(failed(in_flight)["client_error"]) == {"RemoteDisconnected"}
     retried = run(40, -0.040, **{"client.kind": "requests", "wire.delay": 0.040, "client.retry": "idempotent"})
-    assert failures(retried) == 0 and retried.outcomes["retried-ok"] >= 38  # (a spared one is "ok")
+    assert failures(retried) == 0 and set(on_plan(retried)["outcome"]) == {"retried-ok"}
 
 
 def test_the_theory_is_the_rule_the_module_states():

@@ -1,5 +1,6 @@
 """The HTTP server role, driven by real clients: http.client and curl."""
 
+import asyncio
 import http.client
 import shutil
 import socket
@@ -61,6 +62,9 @@ def test_an_idle_connection_is_closed_with_a_fin_after_the_keepalive_timeout(ser
         started = time.monotonic()
         assert s.recv(1000) == b""  # EOF: a FIN, not a reset
         assert 0.09 <= time.monotonic() - started < 1.0
+    summary = asyncio.run(server.finished.wait("#0", 5))
+    assert summary["ended_by"] == "keep-alive timeout" and summary["sent"] == "FIN"
+    assert 0 <= summary["keepalive_late_ms"] < 100  # how late its timer fired: a millisecond or so
 
 
 def test_the_last_allowed_response_announces_the_close(serve):

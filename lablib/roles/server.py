@@ -20,7 +20,8 @@ them the way the settings say:
 Each connection's summary (see :class:`~lablib.roles.base.ListeningRole`) gives the statuses
 sent, the bytes unread at the final close, the FIN/RST its calls sent, and, after an early
 response, how long the connection was held open and how many bytes were read and discarded:
-the price of the delayed and lingering modes.
+the price of the delayed and lingering modes. When the keep-alive timer ended it, ``ended_by``
+says so and ``keepalive_late_ms`` how late the timer fired.
 
 Not covered: pipelining beyond what h11 buffers, request bodies that are neither
 Content-Length nor chunked framed, TLS.
@@ -95,7 +96,7 @@ class HttpServer(ListeningRole):
             while True:
                 # the keep-alive timer runs between requests, not before the first (servers
                 # give that one a longer header timeout: nginx client_header_timeout, Node headersTimeout)
-                request = await self._next_event(s, conn, idle=served > 0)
+                request = await self._next_event(s, conn, idle=served > 0, summary=summary)
                 if not isinstance(request, h11.Request):
                     summary["ended_by"] = summary["ended_by"] or "client closed"
                     return
@@ -149,20 +150,27 @@ class HttpServer(ListeningRole):
         how, discarded = await end_connection(s, cfg["server.close_mode"], cfg["server.close_timeout"])
         summary.update(held_ms=round((time.monotonic() - answered) * 1000, 3), discarded=discarded, ended_by=how)
 
-    async def _next_event(self, s: TracedSocket, conn: h11.Connection, idle: bool) -> Any:
-        """The next h11 event; None when the client went away or the idle timeout closed it."""
+    async def _next_event(self, s: TracedSocket, conn: h11.Connection, idle: bool,
+                          summary: dict[str, Any] | None = None) -> Any:
+        """The next h11 event; None when the client went away or the idle timeout closed it.
+
+        When the keep-alive timer closes the connection, ``summary`` says so (``ended_by``) and
+        how late the timer fired (``keepalive_late_ms``: a loop woken late closes late)."""
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return None if isinstance(event, h11.ConnectionClosed) else event
             if idle and not conn.trailing_data[0]:
                 timeout = self.config["server.keepalive_timeout"] or None
+                idle_from = time.monotonic()
                 try:
                     await asyncio.wait_for(s.wait_readable(), timeout)
                 except TimeoutError:
-                    self.trace.record(self.actor, "timer", conn=s.conn,
-                                      detail=f"keep-alive timeout ({self.config['server.keepalive_timeout']:g} s) expired")
+                    self.trace.record(self.actor, "timer", conn=s.conn, detail=f"keep-alive timeout ({timeout:g} s) expired")
                     s.close()
+                    if summary is not None:
+                        late = time.monotonic() - idle_from - timeout
+                        summary.update(ended_by="keep-alive timeout", keepalive_late_ms=round(late * 1000, 3))
                     return None
                 idle = False
             data = await s.recv()

@@ -17,6 +17,12 @@ Outcomes: ``ok``; ``retried-ok`` (the request failed and was retried on a new co
 which worked); ``stale`` (EOF before any response: Python's RemoteDisconnected); ``reset``
 (ECONNRESET); ``timeout``.
 
+Each trial also says how far its timing strayed from the plan (``late_ms``): how late the
+client sent its second request (its idle gap counted from the kernel's receive stamp of the
+response, for the raw client) or the server's keep-alive timer fired, whichever is later. On
+two busy cores a thread now and then wakes tens of milliseconds late; such a trial did not
+test the offset it was meant to, and :func:`ran_to_plan` leaves it out of exact claims.
+
 Trials run side by side, each on its own connections, their starts 10 ms apart (30 ms for the
 clients that run in threads) so that the interpreter all roles share never falls behind (see
 ``START_SPACING``).
@@ -33,7 +39,7 @@ import dataclasses
 import http.client
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
 
@@ -46,7 +52,10 @@ from ..sockets import TracedSocket, errno_name
 from ..trace import Trace
 from .base import Lab, Scenario
 
-__all__ = ["KeepaliveReuse", "theory_failure", "window_width", "KNOBS"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["KeepaliveReuse", "theory_failure", "window_width", "ran_to_plan", "LATE_MS", "KNOBS"]
 
 KINDS = ("raw", "http.client", "requests")
 #: how far apart trial starts are spread: 200 trials then take about two seconds. Closer (2 to
@@ -62,6 +71,9 @@ THREAD_START_SPACING = 0.03
 CLIENT_THREADS = 12
 TARGET = "/"
 POST_BODY = b"x" * 100
+#: how late (ms) a trial's client may send, or its server close, and still count as run to plan
+#: for a claim 30 ms or more from a window's edge: it still lands on the same side of the edge
+LATE_MS = 20.0
 
 #: the server's knobs that matter here; a 100 ms keep-alive keeps the lab quick
 _SERVER = tuple(dataclasses.replace(k, default=0.1) if k.name == "server.keepalive_timeout" else k
@@ -103,6 +115,16 @@ def theory_failure(offset: float, rtt: float, *, check_before_reuse: bool, retry
     if fails and retry != "none" and should_retry(retry, method=method, reused=True, nothing_written=False):
         return False  # retried on a new connection, which works
     return fails
+
+
+def ran_to_plan(trials: "pd.DataFrame", late_ms: float = LATE_MS) -> "pd.DataFrame":
+    """The trials (rows of a result's ``trials``) whose client and server both kept to the
+    plan within ``late_ms``: for an offset more than ``late_ms`` from a window's edge, the ones
+    whose outcome the theory predicts. Nearer an edge, pass a smaller ``late_ms``.
+
+    Not covered: a delay line's own lateness (its forwarding is timed from kernel stamps, and
+    is not counted here)."""
+    return trials[trials["late_ms"] <= late_ms]
 
 
 def window_width(offsets: list[float], lost: list[float]) -> float:
@@ -176,10 +198,24 @@ class KeepaliveReuse(Scenario):
             result = await asyncio.to_thread(_http_client, target, cfg, lab.deadline)
         else:
             result = await asyncio.to_thread(_requests, target, cfg, lab.deadline)
+        client_late_ms = (result.idle_s - cfg["client.idle_gap"]) * 1000
+        server_late_ms = await _keepalive_late_ms(lab, result.reused_conn)
         return {"outcome": result.outcome, "second_connection": result.second_connection,
                 "idle_ms": round(result.idle_s * 1000, 2),
                 "offset_ms": round((cfg["client.idle_gap"] - cfg["server.keepalive_timeout"]) * 1000, 2),
+                "late_ms": round(max(client_late_ms, server_late_ms, 0.0), 2),
                 "client_error": result.error or "-"}
+
+
+async def _keepalive_late_ms(lab: Lab, conn: str) -> float:
+    """How late the server's keep-alive timer closed the connection the client calls ``conn``
+    (0 if the timer did not close it, or if ``conn`` is unknown)."""
+    if not conn:
+        return 0.0
+    wire: DelayLine | None = lab.roles.get("wire")
+    name = await wire.links.wait(conn, lab.deadline) if wire else conn
+    summary = await lab.roles["server"].finished.wait(name, lab.deadline)
+    return float(summary.get("keepalive_late_ms", 0.0))
 
 
 @dataclass
@@ -192,6 +228,8 @@ class Second:
     error: str = ""
     #: raw client only: the names of the connections it used
     conns: tuple[str, ...] = ()
+    #: the name of the connection the first request went on (empty if unknown)
+    reused_conn: str = ""
 
 
 class _Failed(Exception):
@@ -210,7 +248,9 @@ class _RawConnection:
 
     @classmethod
     async def open(cls, address: tuple[str, int], trace: Trace) -> "_RawConnection":
-        return cls(await TracedSocket.connect(address, trace, "client"))
+        sock = await TracedSocket.connect(address, trace, "client")
+        sock.stamp_arrivals()  # the idle gap starts when the response arrived, not when it was read
+        return cls(sock)
 
     async def request(self, method: str) -> int:
         """Send one request and read its response; the status, or _Failed."""
@@ -258,9 +298,10 @@ async def _raw(address: tuple[str, int], cfg: Config, trace: Trace) -> Second:
         return opened
 
     conn = await open_()
+    first = conn.sock.conn
     try:
         await conn.request(method)
-        answered = time.monotonic()
+        answered = conn.sock.last_arrival_ns / 1e9  # the kernel's stamp (or the read's time)
         await sleep_until(answered + cfg["client.idle_gap"])  # the knob under study: the client is idle
         idle = time.monotonic() - answered
         checked = cfg["client.check_before_reuse"] == "on"
@@ -273,17 +314,17 @@ async def _raw(address: tuple[str, int], cfg: Config, trace: Trace) -> Second:
             conn = await open_()
         try:
             await conn.request(method)
-            return Second("ok", why, idle, conns=tuple(used))
+            return Second("ok", why, idle, conns=tuple(used), reused_conn=first)
         except _Failed as failed:
             trace.record("client", "note", conn=conn.sock.conn, result=failed.error,
                          detail=f"request failed: {failed.kind}")
             if not should_retry(cfg["client.retry"], method=method, reused=reuse,
                                 nothing_written=failed.nothing_written):
-                return Second(failed.kind, why, idle, failed.error, tuple(used))
+                return Second(failed.kind, why, idle, failed.error, tuple(used), first)
             conn.sock.close()
             conn = await open_()
             await conn.request(method)
-            return Second("retried-ok", why, idle, failed.error, tuple(used))
+            return Second("retried-ok", why, idle, failed.error, tuple(used), first)
     finally:
         conn.sock.close()
 
@@ -293,6 +334,7 @@ def _http_client(address: tuple[str, int], cfg: Config, deadline: float) -> Seco
     conn = http.client.HTTPConnection(*address, timeout=deadline)
     try:
         conn.request(method, TARGET, body=body)
+        first = f"{conn.sock.getsockname()[1]}>{address[1]}"  # (TracedSocket's name for it)
         conn.getresponse().read()
         answered = time.monotonic()
         time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
@@ -301,11 +343,11 @@ def _http_client(address: tuple[str, int], cfg: Config, deadline: float) -> Seco
         try:
             conn.request(method, TARGET, body=body)
             conn.getresponse().read()
-            return Second("ok", reused, idle)
+            return Second("ok", reused, idle, reused_conn=first)
         except http.client.RemoteDisconnected as exc:
-            return Second("stale", reused, idle, str(exc))
+            return Second("stale", reused, idle, str(exc), reused_conn=first)
         except OSError as exc:
-            return Second("reset", reused, idle, errno_name(exc))
+            return Second("reset", reused, idle, errno_name(exc), reused_conn=first)
     finally:
         conn.close()
 
@@ -323,6 +365,7 @@ def _requests(address: tuple[str, int], cfg: Config, deadline: float) -> Second:
         if cfg["client.retry"] == "idempotent":  # urllib3's default allowed_methods: the idempotent ones
             session.mount("http://", HTTPAdapter(max_retries=Retry(total=1, backoff_factor=0)))
         session.request(method, url, data=body, timeout=deadline)
+        first = _pooled_connection(session, url, address[1])
         answered = time.monotonic()
         time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
         idle = time.monotonic() - answered
@@ -331,9 +374,24 @@ def _requests(address: tuple[str, int], cfg: Config, deadline: float) -> Second:
         except requests.ConnectionError as exc:
             cause = _socket_error(exc)
             kind = "stale" if isinstance(cause, http.client.RemoteDisconnected) else "reset"
-            return Second(kind, "pooled (urllib3 checks before reuse)", idle, f"{type(cause).__name__}")
+            return Second(kind, "pooled (urllib3 checks before reuse)", idle, f"{type(cause).__name__}",
+                          reused_conn=first)
         retried = bool(getattr(response.raw, "retries", None) and response.raw.retries.history)
-        return Second("retried-ok" if retried else "ok", "pooled (urllib3 checks before reuse)", idle)
+        return Second("retried-ok" if retried else "ok", "pooled (urllib3 checks before reuse)", idle,
+                      reused_conn=first)
+
+
+def _pooled_connection(session: Any, url: str, port: int) -> str:
+    """The name of the connection a requests ``session`` keeps pooled for ``url``, from urllib3's
+    pool (not a public interface: "" if it has changed)."""
+    try:
+        pools = session.get_adapter(url).poolmanager.pools  # (one pool: the session has one host)
+        for pooled in (c for key in pools.keys() for c in pools[key].pool.queue if c is not None):
+            if pooled.sock is not None:
+                return f"{pooled.sock.getsockname()[1]}>{port}"
+    except (AttributeError, OSError):
+        pass
+    return ""
 
 
 #: the chain of the exercise: who opens connections to whom, and the one timeout that is given
