@@ -20,8 +20,9 @@ them the way the settings say:
 Each connection's summary (see :class:`~lablib.roles.base.ListeningRole`) gives the statuses
 sent, the bytes unread at the final close, the FIN/RST its calls sent, and, after an early
 response, how long the connection was held open and how many bytes were read and discarded:
-the price of the delayed and lingering modes. When the keep-alive timer ended it, ``ended_by``
-says so and ``keepalive_late_ms`` how late the timer fired.
+the price of the delayed and lingering modes. It also says when the first 200 was
+sent (``first_response_at``, monotonic seconds) and, when the keep-alive timer ended the
+connection, says so (``ended_by``) and how late the timer fired (``keepalive_late_ms``).
 
 Not covered: pipelining beyond what h11 buffers, request bodies that are neither
 Content-Length nor chunked framed, TLS.
@@ -127,7 +128,9 @@ class HttpServer(ListeningRole):
                 last = bool(limit and served >= limit) or cfg["server.keepalive_timeout"] == 0
                 said = last and cfg["server.connection_close_header"]
                 chunked = cfg["server.response_framing"] == "chunked"
+                sending = time.monotonic()  # (the kernel delivers on loopback before send() returns)
                 await s.sendall(response_bytes(conn, 200, self.body, close=said, length=not chunked))
+                summary.setdefault("first_response_at", sending)
                 summary["statuses"].append(200)
                 self.note(s, "200 OK" + (" (no length)" if chunked else "") + (", Connection: close" if said else ""))
                 if last or conn.our_state is h11.MUST_CLOSE:

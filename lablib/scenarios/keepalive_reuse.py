@@ -18,10 +18,11 @@ which worked); ``stale`` (EOF before any response: Python's RemoteDisconnected);
 (ECONNRESET); ``timeout``.
 
 Each trial also says how far its timing strayed from the plan (``late_ms``): how late the
-client sent its second request (its idle gap counted from the kernel's receive stamp of the
-response, for the raw client) or the server's keep-alive timer fired, whichever is later. On
-two busy cores a thread now and then wakes tens of milliseconds late; such a trial did not
-test the offset it was meant to, and :func:`ran_to_plan` leaves it out of exact claims.
+client sent its second request or the server's keep-alive timer fired, whichever is later. The
+plan counts from when the server wrote its response: the client should send at that moment +
+d + gap, so a response relayed late or read late by a busy thread counts too. On two busy
+cores a thread now and then wakes tens of milliseconds late; such a trial did not test the
+offset it was meant to, and :func:`ran_to_plan` leaves it out of exact claims.
 
 Trials run side by side, each on its own connections, their starts 10 ms apart (30 ms for the
 clients that run in threads) so that the interpreter all roles share never falls behind (see
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import http.client
 import time
 from dataclasses import dataclass
@@ -198,24 +200,31 @@ class KeepaliveReuse(Scenario):
             result = await asyncio.to_thread(_http_client, target, cfg, lab.deadline)
         else:
             result = await asyncio.to_thread(_requests, target, cfg, lab.deadline)
-        client_late_ms = (result.idle_s - cfg["client.idle_gap"]) * 1000
-        server_late_ms = await _keepalive_late_ms(lab, result.reused_conn)
+        late_ms = await _late_ms(lab, result)
         return {"outcome": result.outcome, "second_connection": result.second_connection,
                 "idle_ms": round(result.idle_s * 1000, 2),
                 "offset_ms": round((cfg["client.idle_gap"] - cfg["server.keepalive_timeout"]) * 1000, 2),
-                "late_ms": round(max(client_late_ms, server_late_ms, 0.0), 2),
+                "late_ms": round(late_ms, 2),
                 "client_error": result.error or "-"}
 
 
-async def _keepalive_late_ms(lab: Lab, conn: str) -> float:
-    """How late the server's keep-alive timer closed the connection the client calls ``conn``
-    (0 if the timer did not close it, or if ``conn`` is unknown)."""
-    if not conn:
-        return 0.0
-    wire: DelayLine | None = lab.roles.get("wire")
-    name = await wire.links.wait(conn, lab.deadline) if wire else conn
-    summary = await lab.roles["server"].finished.wait(name, lab.deadline)
-    return float(summary.get("keepalive_late_ms", 0.0))
+async def _late_ms(lab: Lab, result: "Second") -> float:
+    """How late (ms, 0 at best) the trial ran against its plan: the client's second request
+    against the server's first response + d + gap, the server's close against its keep-alive
+    timeout. The server's side of the connection is found by name (through the delay line's
+    links if there is one); if the name is unknown the client's own idle gap stands in."""
+    cfg = lab.config
+    summary: dict[str, Any] = {}
+    if result.reused_conn:
+        wire: DelayLine | None = lab.roles.get("wire")
+        name = await wire.links.wait(result.reused_conn, lab.deadline) if wire else result.reused_conn
+        summary = await lab.roles["server"].finished.wait(name, lab.deadline)
+    if "first_response_at" in summary:
+        planned = summary["first_response_at"] + cfg["wire.delay"] + cfg["client.idle_gap"]
+        client_late = result.sent_at - planned
+    else:
+        client_late = result.idle_s - cfg["client.idle_gap"]
+    return max(client_late * 1000, summary.get("keepalive_late_ms", 0.0), 0.0)
 
 
 @dataclass
@@ -230,6 +239,8 @@ class Second:
     conns: tuple[str, ...] = ()
     #: the name of the connection the first request went on (empty if unknown)
     reused_conn: str = ""
+    #: when (monotonic seconds) the idle gap ended and the second request went on its way
+    sent_at: float = 0.0
 
 
 class _Failed(Exception):
@@ -303,28 +314,30 @@ async def _raw(address: tuple[str, int], cfg: Config, trace: Trace) -> Second:
         await conn.request(method)
         answered = conn.sock.last_arrival_ns / 1e9  # the kernel's stamp (or the read's time)
         await sleep_until(answered + cfg["client.idle_gap"])  # the knob under study: the client is idle
-        idle = time.monotonic() - answered
+        sent_at = time.monotonic()
+        idle = sent_at - answered
         checked = cfg["client.check_before_reuse"] == "on"
         readable = conn.sock.readable_now() if checked else False
         reuse, why = reuse_decision(server_said_close=conn.server_said_close, idle_s=idle,
                                     idle_timeout=cfg["client.idle_timeout"], checked=checked, readable=readable)
         trace.record("client", "note", conn=conn.sock.conn, detail=why)
+        second = functools.partial(Second, second_connection=why, idle_s=idle, reused_conn=first, sent_at=sent_at)
         if not reuse:
             conn.sock.close()
             conn = await open_()
         try:
             await conn.request(method)
-            return Second("ok", why, idle, conns=tuple(used), reused_conn=first)
+            return second("ok", conns=tuple(used))
         except _Failed as failed:
             trace.record("client", "note", conn=conn.sock.conn, result=failed.error,
                          detail=f"request failed: {failed.kind}")
             if not should_retry(cfg["client.retry"], method=method, reused=reuse,
                                 nothing_written=failed.nothing_written):
-                return Second(failed.kind, why, idle, failed.error, tuple(used), first)
+                return second(failed.kind, error=failed.error, conns=tuple(used))
             conn.sock.close()
             conn = await open_()
             await conn.request(method)
-            return Second("retried-ok", why, idle, failed.error, tuple(used), first)
+            return second("retried-ok", error=failed.error, conns=tuple(used))
     finally:
         conn.sock.close()
 
@@ -338,16 +351,18 @@ def _http_client(address: tuple[str, int], cfg: Config, deadline: float) -> Seco
         conn.getresponse().read()
         answered = time.monotonic()
         time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
-        idle = time.monotonic() - answered
+        sent_at = time.monotonic()
         reused = "reused" if conn.sock is not None else "new: the last response said Connection: close"
+        second = functools.partial(Second, second_connection=reused, idle_s=sent_at - answered, reused_conn=first,
+                                   sent_at=sent_at)
         try:
             conn.request(method, TARGET, body=body)
             conn.getresponse().read()
-            return Second("ok", reused, idle, reused_conn=first)
+            return second("ok")
         except http.client.RemoteDisconnected as exc:
-            return Second("stale", reused, idle, str(exc), reused_conn=first)
+            return second("stale", error=str(exc))
         except OSError as exc:
-            return Second("reset", reused, idle, errno_name(exc), reused_conn=first)
+            return second("reset", error=errno_name(exc))
     finally:
         conn.close()
 
@@ -368,17 +383,17 @@ def _requests(address: tuple[str, int], cfg: Config, deadline: float) -> Second:
         first = _pooled_connection(session, url, address[1])
         answered = time.monotonic()
         time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
-        idle = time.monotonic() - answered
+        sent_at = time.monotonic()
+        second = functools.partial(Second, second_connection="pooled (urllib3 checks before reuse)",
+                                   idle_s=sent_at - answered, reused_conn=first, sent_at=sent_at)
         try:
             response = session.request(method, url, data=body, timeout=deadline)
         except requests.ConnectionError as exc:
             cause = _socket_error(exc)
             kind = "stale" if isinstance(cause, http.client.RemoteDisconnected) else "reset"
-            return Second(kind, "pooled (urllib3 checks before reuse)", idle, f"{type(cause).__name__}",
-                          reused_conn=first)
+            return second(kind, error=type(cause).__name__)
         retried = bool(getattr(response.raw, "retries", None) and response.raw.retries.history)
-        return Second("retried-ok" if retried else "ok", "pooled (urllib3 checks before reuse)", idle,
-                      reused_conn=first)
+        return second("retried-ok" if retried else "ok")
 
 
 def _pooled_connection(session: Any, url: str, port: int) -> str:
