@@ -124,8 +124,10 @@ def ran_to_plan(trials: "pd.DataFrame", late_ms: float = LATE_MS) -> "pd.DataFra
     plan within ``late_ms``: for an offset more than ``late_ms`` from a window's edge, the ones
     whose outcome the theory predicts. Nearer an edge, pass a smaller ``late_ms``.
 
-    Not covered: a delay line's own lateness (its forwarding is timed from kernel stamps, and
-    is not counted here)."""
+    Not covered: a delay line late with the request (toward the server) or with the FIN
+    (toward the client). Either can only make a reuse fail, never spare one, so the claims
+    the lab makes as certain with a delay line (a FIN in flight is always lost without a
+    retry) are safe from it."""
     return trials[trials["late_ms"] <= late_ms]
 
 
