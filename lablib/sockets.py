@@ -32,7 +32,7 @@ from . import kernel
 from .tcpinfo import TCP_INFO_BUFFER, parse_tcp_info, state_name
 from .trace import Trace
 
-__all__ = ["TracedSocket", "errno_name", "LOOPBACK", "close_leftovers"]
+__all__ = ["TracedSocket", "conn_name", "errno_name", "LOOPBACK", "close_leftovers"]
 
 LOOPBACK = "127.0.0.1"
 #: states in which an abortive close sends RST (Linux tcp_need_reset)
@@ -133,14 +133,14 @@ class TracedSocket:
             sock.close()
             raise
         local = sock.getsockname()
-        self = cls(sock, trace, actor, conn=f"{local[1]}>{address[1]}", local=local, remote=tuple(address))
+        self = cls(sock, trace, actor, conn=conn_name(local[1], address[1]), local=local, remote=tuple(address))
         self._record("connect", t_ns=began, state="ESTABLISHED")
         return self
 
     async def accept(self, actor: str | None = None) -> "TracedSocket":
         sock, peer = await asyncio.get_running_loop().sock_accept(self.sock)
         try:
-            child = TracedSocket(sock, self.trace, actor or self.actor, conn=f"{peer[1]}>{self.local[1]}",
+            child = TracedSocket(sock, self.trace, actor or self.actor, conn=conn_name(peer[1], self.local[1]),
                                  local=self.local, remote=peer)
         except BaseException:
             sock.close()
@@ -454,6 +454,12 @@ class TracedSocket:
 
     def _record(self, op: str, **fields: Any) -> None:
         self.trace.record(self.actor, op, conn=self.conn, **fields)
+
+
+def conn_name(client_port: int, server_port: int) -> str:
+    """The name of one TCP connection in a trace, the same at both ends: ``client>server``
+    ports. (Through a delay line a request crosses two connections, so two names.)"""
+    return f"{client_port}>{server_port}"
 
 
 def _arrival_ns(ancillary: list[tuple[int, int, bytes]]) -> tuple[int, bool]:

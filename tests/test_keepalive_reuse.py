@@ -5,8 +5,8 @@ Far from the boundary the outcome is certain and asserted exactly (a request sen
 the server closed always fails; 30 ms before, never), for every trial that ran to plan: on two
 busy cores a thread now and then wakes tens of milliseconds late, and a trial whose client sent
 or whose server closed that late tested another offset (its ``late_ms`` says so). Half the
-trials at least must run to plan. At the boundary the race is measured as a window, whose width must match the
-round trip the delay line adds.
+trials at least must run to plan. At the boundary the race is measured as a window, whose
+width must match the round trip the delay line adds.
 """
 
 import collections
@@ -20,7 +20,7 @@ import pytest
 
 import lablib
 from lablib.knobs import KnobError
-from lablib.scenarios.keepalive_reuse import ran_to_plan, theory_failure, window_width
+from lablib.scenarios.keepalive_reuse import LATE_MS, ran_to_plan, theory_failure, window_width
 
 K = 0.1  # the server's keep-alive timeout (the scenario's default)
 
@@ -35,7 +35,7 @@ def failures(result_or_trials):
     return len(failed(result_or_trials))
 
 
-def on_plan(result, late_ms=20.0):
+def on_plan(result, late_ms=LATE_MS):
     """The trials that ran to plan within ``late_ms``; half at least must have. (One hiccup of
     the machine, 40 ms at worst here, leaves a few consecutive trials late.)"""
     kept = ran_to_plan(result.trials, late_ms)

@@ -50,7 +50,7 @@ from ..loops import sleep_until
 from ..pool import RETRY_POLICIES, reuse_decision, should_retry
 from ..roles.delayline import DelayLine
 from ..roles.server import SERVER_KNOBS, HttpServer
-from ..sockets import TracedSocket, errno_name
+from ..sockets import TracedSocket, conn_name, errno_name
 from ..trace import Trace
 from .base import Lab, Scenario
 
@@ -119,7 +119,7 @@ def theory_failure(offset: float, rtt: float, *, check_before_reuse: bool, retry
     return fails
 
 
-def ran_to_plan(trials: "pd.DataFrame", late_ms: float = LATE_MS) -> "pd.DataFrame":
+def ran_to_plan(trials: pd.DataFrame, late_ms: float = LATE_MS) -> pd.DataFrame:
     """The trials (rows of a result's ``trials``) whose client and server both kept to the
     plan within ``late_ms``: for an offset more than ``late_ms`` from a window's edge, the ones
     whose outcome the theory predicts. Nearer an edge, pass a smaller ``late_ms``.
@@ -210,7 +210,7 @@ class KeepaliveReuse(Scenario):
                 "client_error": result.error or "-"}
 
 
-async def _late_ms(lab: Lab, result: "Second") -> float:
+async def _late_ms(lab: Lab, result: Second) -> float:
     """How late (ms, 0 at best) the trial ran against its plan: the client's second request
     against the server's first response + d + gap, the server's close against its keep-alive
     timeout. The server's side of the connection is found by name (through the delay line's
@@ -349,7 +349,7 @@ def _http_client(address: tuple[str, int], cfg: Config, deadline: float) -> Seco
     conn = http.client.HTTPConnection(*address, timeout=deadline)
     try:
         conn.request(method, TARGET, body=body)
-        first = f"{conn.sock.getsockname()[1]}>{address[1]}"  # (TracedSocket's name for it)
+        first = conn_name(conn.sock.getsockname()[1], address[1])
         conn.getresponse().read()
         answered = time.monotonic()
         time.sleep(cfg["client.idle_gap"])  # the knob under study: the client is idle
@@ -405,7 +405,7 @@ def _pooled_connection(session: Any, url: str, port: int) -> str:
         pools = session.get_adapter(url).poolmanager.pools  # (one pool: the session has one host)
         for pooled in (c for key in pools.keys() for c in pools[key].pool.queue if c is not None):
             if pooled.sock is not None:
-                return f"{pooled.sock.getsockname()[1]}>{port}"
+                return conn_name(pooled.sock.getsockname()[1], port)
     except (AttributeError, OSError):
         pass
     return ""
