@@ -71,12 +71,16 @@ def test_a_trial_says_how_late_its_client_sent_or_its_server_closed(kind):
 def test_check_before_reuse_leaves_only_a_window_one_round_trip_wide():
     delay, rtt, step = 0.010, 0.020, 0.002
     offsets = [round(-0.030 + i * step, 3) for i in range(21)]  # -30 ms .. +10 ms
-    rates = {off: failures(run(50, off, **{"client.check_before_reuse": "on", "wire.delay": delay})) / 50
-             for off in offsets}
+    results = {off: run(50, off, **{"client.check_before_reuse": "on", "wire.delay": delay}) for off in offsets}
+    rates = {off: failures(result) / result.n for off, result in results.items()}
     tolerance = 0.25 * rtt  # the timing accuracy asked of the window's width
     width = window_width(offsets, list(rates.values()))
     assert abs(width - rtt) <= tolerance, (width, rates)
-    assert all(rates[off] >= 0.9 for off in offsets if -rtt + 0.004 <= off <= -0.004), rates
+    # 4 ms or more inside both edges every reuse fails, if it ran to plan within 3 ms (a hiccup
+    # of the machine spares a few trials at one point or two: half of all must be on plan)
+    inside = [ran_to_plan(results[off].trials, 3.0) for off in offsets if -rtt + 0.004 <= off <= -0.004]
+    assert sum(map(len, inside)) >= 0.5 * 50 * len(inside), rates
+    assert all(failures(kept) == len(kept) for kept in inside), rates
     # Outside the window a reuse fails only when a loop wakes late: here, on two busy cores,
     # now and then a run of consecutive trials meets a hiccup of tens of ms (measured: up to
     # 10 of 50 reuses at 10 ms from an edge). No such point fails a majority.
